@@ -1,0 +1,193 @@
+//! The Stylus configuration: a TOML file whose defaults are the paper's.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MaskStrategy, PromptBuilder, Result, SamplingParams, StylusError, WeightPolicy};
+
+/// All settings of the pipeline. Every field has a default, so a partial TOML file is fine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StylusConfig {
+    pub catalog: CatalogConfig,
+    pub retriever: RetrieverConfig,
+    pub composer: ComposerConfig,
+    pub weights: WeightPolicy,
+    pub prompt: PromptBuilder,
+    pub masks: MaskConfig,
+    pub sampling: SamplingParams,
+}
+
+impl StylusConfig {
+    /// Reads a TOML file; unknown keys and wrong types are errors naming the file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| StylusError::io(path, e))?;
+        Self::from_toml_str(&text).map_err(|message| StylusError::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error is the parser's message (with line and column).
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("the config is always representable in TOML")
+    }
+}
+
+/// Which catalog cards are indexed (the paper's filters, each a switch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Catalog types kept (Civitai `type`); the paper keeps `LORA` only.
+    pub adapter_types: Vec<String>,
+    pub allow_nsfw: bool,
+    /// Require a version whose base model is SD 1.5 (the paper) with a `.safetensors` file.
+    pub require_sd15_safetensors: bool,
+    /// Drop adapters with at most this many sample images (the paper: 2); `None` keeps all.
+    pub max_images_dropped: Option<usize>,
+    /// Drop titles containing any of these words, case-insensitive (the paper: slider, table rpg).
+    pub blocked_title_words: Vec<String>,
+    /// Drop cards tagged `character` / `celebrity` (or flagged as real people) at index time.
+    pub drop_characters: bool,
+    /// Civitai model ids never indexed.
+    pub blocked_ids: Vec<u64>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            adapter_types: vec!["LORA".to_string()],
+            allow_nsfw: false,
+            require_sd15_safetensors: true,
+            max_images_dropped: None,
+            blocked_title_words: Vec::new(),
+            drop_characters: false,
+            blocked_ids: Vec::new(),
+        }
+    }
+}
+
+/// Retrieval settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrieverConfig {
+    /// Candidates handed to the composer (the paper: 150).
+    pub top_k: usize,
+    /// Fuse dense and lexical rankings when the store has both.
+    pub hybrid: bool,
+    pub hnsw: HnswConfig,
+}
+
+impl Default for RetrieverConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 150,
+            hybrid: false,
+            hnsw: HnswConfig::default(),
+        }
+    }
+}
+
+/// HNSW graph parameters, tuned for top-150 recall.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HnswConfig {
+    /// Links per node (M).
+    pub max_connections: usize,
+    pub ef_construction: usize,
+    /// Search breadth; at least top_k.
+    pub ef_search: usize,
+}
+
+impl Default for HnswConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 24,
+            ef_construction: 200,
+            ef_search: 300,
+        }
+    }
+}
+
+/// Composer rules (the paper's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComposerConfig {
+    /// At most this many adapters per topic (the paper: 3).
+    pub max_adapters_per_topic: usize,
+    /// At most this many style adapters in the whole composition (the paper: 2).
+    pub max_style_adapters: usize,
+    /// Characters and celebrities only when the prompt asks for one (the paper: blocked).
+    pub block_characters: bool,
+}
+
+impl Default for ComposerConfig {
+    fn default() -> Self {
+        Self {
+            max_adapters_per_topic: 3,
+            max_style_adapters: 2,
+            block_characters: true,
+        }
+    }
+}
+
+/// Mask settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaskConfig {
+    pub strategy: MaskStrategy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_papers_and_round_trip_through_toml() {
+        let config = StylusConfig::default();
+        assert_eq!(config.retriever.top_k, 150);
+        assert_eq!(config.composer.max_adapters_per_topic, 3);
+        assert_eq!(config.composer.max_style_adapters, 2);
+        assert!(config.composer.block_characters);
+        assert_eq!(config.weights.base, 0.8);
+        assert_eq!(config.prompt.debias, "realistic, best quality");
+        assert_eq!(config.masks.strategy, MaskStrategy::OneHotLoras);
+        assert_eq!(config.sampling.steps, 35);
+        assert_eq!(config.sampling.guidance_scale, 5.0);
+        assert_eq!(config.sampling.sampler, "dpmpp_2m_karras");
+        assert_eq!((config.sampling.width, config.sampling.height), (512, 512));
+
+        let text = config.to_toml_string();
+        assert_eq!(StylusConfig::from_toml_str(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = StylusConfig::from_toml_str("[retriever]\ntop_k = 20\n").unwrap();
+        assert_eq!(config.retriever.top_k, 20);
+        assert_eq!(config.retriever.hnsw, HnswConfig::default());
+        assert_eq!(config.composer, ComposerConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_and_bad_type_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stylus.toml");
+        std::fs::write(&path, "[retriever]\ntop_kk = 3\n").unwrap();
+        let err = StylusConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains("stylus.toml"), "{err}");
+        assert!(err.contains("top_kk"), "{err}");
+
+        std::fs::write(&path, "[composer]\nmax_adapters_per_topic = \"three\"\n").unwrap();
+        let err = StylusConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("stylus.toml") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+}

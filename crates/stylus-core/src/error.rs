@@ -1,0 +1,158 @@
+//! The one error type of the workspace. Every variant carries the context a user needs to find the
+//! problem: the file, the key or tensor, the line, the adapter.
+
+use std::path::PathBuf;
+
+use crate::AdapterId;
+
+/// Result alias used across all Stylus crates.
+pub type Result<T, E = StylusError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Stylus, with context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StylusError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON document (or one line of a JSONL file) does not parse or has the wrong shape.
+    #[error("{path}{}: malformed JSON: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Json {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+
+    /// A configuration file is invalid.
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    /// A safetensors file is malformed (truncated header, bad offsets, non-UTF-8 metadata, ...).
+    #[error("{path}: invalid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    /// A tensor in a weight file is missing, mis-shaped, of the wrong dtype or not finite.
+    #[error("{path}: tensor `{key}`: {message}")]
+    Tensor {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+
+    /// A model file does not fit what we expected (wrong architecture, missing weights, ...).
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+
+    /// A file format we refuse or do not know (pickle checkpoints, legacy LoRA layouts, ...).
+    #[error("{path}: unsupported format: {message}")]
+    UnsupportedFormat { path: PathBuf, message: String },
+
+    /// Something is wrong with one adapter (no file, wrong base model, bad weight, ...).
+    #[error("adapter {id}: {message}")]
+    Adapter { id: AdapterId, message: String },
+
+    /// The StylusDocs store or an index on disk is corrupt, truncated or from another embedder.
+    #[error("store {path}: {message}")]
+    Store { path: PathBuf, message: String },
+
+    /// An HTTP call failed (after retries, where they apply).
+    #[error("HTTP {url}: {message}{}", status.map(|s| format!(" (status {s})")).unwrap_or_default())]
+    Http {
+        url: String,
+        status: Option<u16>,
+        message: String,
+    },
+
+    /// A language or vision model answered, but never with something we can use.
+    #[error("{service}: unusable reply after {attempts} attempt(s): {message}")]
+    ModelReply {
+        service: String,
+        attempts: u32,
+        message: String,
+    },
+
+    /// A vector has the wrong dimension for the index or embedder it meets.
+    #[error("dimension mismatch: {what} expects {expected}, got {got}")]
+    Dimension {
+        what: String,
+        expected: usize,
+        got: usize,
+    },
+
+    /// A caller passed an invalid argument (K = 0, a width that is not a multiple of 8, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The requested compute device or dtype is not available on this machine or build.
+    #[error("device unavailable: {0}")]
+    Device(String),
+
+    /// A pipeline stage needed for this call was not configured (e.g. `generate` without a sampler).
+    #[error("pipeline is missing its {0}; configure it with the builder")]
+    MissingStage(&'static str),
+
+    /// A feature that is planned but not built yet. Never used to fake a result.
+    #[error("not implemented yet: {0}")]
+    NotImplemented(String),
+}
+
+impl StylusError {
+    /// An I/O error for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An error about one adapter.
+    pub fn adapter(id: &AdapterId, message: impl Into<String>) -> Self {
+        Self::Adapter {
+            id: id.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about one tensor of a weight file.
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Tensor {
+            path: path.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about a model file as a whole.
+    pub fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Model {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the on-disk store.
+    pub fn store(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Store {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The process exit code the CLI uses for this error: 2 for usage problems and features that
+    /// are not built yet, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::InvalidArgument(_) | Self::NotImplemented(_) | Self::MissingStage(_) => 2,
+            _ => 1,
+        }
+    }
+}

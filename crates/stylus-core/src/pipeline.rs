@@ -1,0 +1,350 @@
+//! `Stylus`: the pipeline that wires the stages together.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::{
+    AdapterLocator, Candidate, Composer, Embedder, GeneratedImage, GenerationRequest, Masker,
+    Merger, ResolvedAdapter, Result, RetrievalFilter, Retriever, SampleJob, Sampler, SelectionPlan,
+    StylusConfig, StylusError, Timings, WeightedAdapter,
+};
+
+/// Options of one selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SelectOptions {
+    /// Sample this many masks (one per image); `None` lists every mask of the strategy.
+    pub batch: Option<usize>,
+    pub seed: u64,
+}
+
+/// The Stylus pipeline: embed -> retrieve -> compose -> mask, then merge + sample.
+pub struct Stylus {
+    config: StylusConfig,
+    filter: RetrievalFilter,
+    embedder: Arc<dyn Embedder>,
+    retriever: Arc<dyn Retriever>,
+    composer: Arc<dyn Composer>,
+    masker: Arc<dyn Masker>,
+    locator: Option<Arc<dyn AdapterLocator>>,
+    merger: Option<Arc<dyn Merger>>,
+    sampler: Option<Arc<dyn Sampler>>,
+}
+
+impl std::fmt::Debug for Stylus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stylus")
+            .field("config", &self.config)
+            .field("embedder", &self.embedder.id())
+            .field("documents", &self.retriever.len())
+            .field("generates", &self.sampler.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stylus {
+    pub fn builder() -> StylusBuilder {
+        StylusBuilder::default()
+    }
+
+    pub fn config(&self) -> &StylusConfig {
+        &self.config
+    }
+
+    /// Embeds the prompt and returns the top-K candidates (the configured K).
+    pub async fn retrieve(&self, prompt: &str) -> Result<Vec<Candidate>> {
+        let query = self.embed_prompt(prompt).await?;
+        self.retriever
+            .retrieve(&query, self.config.retriever.top_k, &self.filter)
+    }
+
+    /// Selects adapters for `prompt` and lists every mask of the configured strategy.
+    pub async fn select(&self, prompt: &str) -> Result<SelectionPlan> {
+        self.select_with(prompt, SelectOptions::default()).await
+    }
+
+    /// Selects adapters for `prompt` with explicit mask sampling options.
+    pub async fn select_with(&self, prompt: &str, options: SelectOptions) -> Result<SelectionPlan> {
+        if prompt.trim().is_empty() {
+            return Err(StylusError::InvalidArgument("the prompt is empty".into()));
+        }
+        let t0 = Instant::now();
+        let query = self.embed_prompt(prompt).await?;
+        let t1 = Instant::now();
+        let candidates =
+            self.retriever
+                .retrieve(&query, self.config.retriever.top_k, &self.filter)?;
+        let t2 = Instant::now();
+        let composition = self.composer.compose(prompt, &candidates).await?;
+        let t3 = Instant::now();
+        let masks = match options.batch {
+            Some(n) => self.masker.sample(&composition, n, options.seed),
+            None => self.masker.masks(&composition),
+        };
+        let (topics, masks, a1111_prompt) =
+            self.config
+                .prompt
+                .plan(prompt, &composition, &masks, &self.config.weights);
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        Ok(SelectionPlan {
+            prompt: prompt.to_string(),
+            topics,
+            masks,
+            a1111_prompt,
+            candidates: candidates.len(),
+            timings_ms: Timings {
+                embed: ms(t0, t1),
+                retrieve: ms(t1, t2),
+                compose: ms(t2, t3),
+            },
+        })
+    }
+
+    /// Selects (unless `request.select` is off), merges each image's adapter set and samples.
+    /// Every selected adapter must be found by the locator first: a missing file is one error
+    /// listing everything to download, before any compute starts.
+    pub async fn generate(&self, request: &GenerationRequest) -> Result<Vec<GeneratedImage>> {
+        if request.batch == 0 {
+            return Err(StylusError::InvalidArgument(
+                "batch must be at least 1".into(),
+            ));
+        }
+        let sampler = self
+            .sampler
+            .as_ref()
+            .ok_or(StylusError::MissingStage("sampler"))?;
+        let merger = self
+            .merger
+            .as_ref()
+            .ok_or(StylusError::MissingStage("merger"))?;
+
+        let explicit: Vec<ResolvedAdapter> = request
+            .explicit_loras
+            .iter()
+            .map(|lora| ResolvedAdapter {
+                adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
+                path: lora.path.clone(),
+            })
+            .collect();
+
+        // (prompt text without <lora:> tags, selected adapters) per image.
+        let per_image: Vec<(String, Vec<WeightedAdapter>)> = if request.select {
+            let plan = self
+                .select_with(
+                    &request.prompt,
+                    SelectOptions {
+                        batch: Some(request.batch),
+                        seed: request.seed,
+                    },
+                )
+                .await?;
+            plan.masks
+                .into_iter()
+                .map(|m| (strip_lora_tags(&m.a1111_prompt), m.adapters))
+                .collect()
+        } else {
+            vec![(request.prompt.clone(), Vec::new()); request.batch]
+        };
+
+        let resolved = self.resolve_all(&per_image)?;
+        let mut images = Vec::with_capacity(request.batch);
+        let mut start = 0;
+        while start < per_image.len() {
+            // Consecutive images with the same adapters and prompt share one merge and one job.
+            let mut end = start + 1;
+            while end < per_image.len() && per_image[end] == per_image[start] {
+                end += 1;
+            }
+            let mut set = resolved[start].clone();
+            set.extend(explicit.iter().cloned());
+            merger.set_adapters(&set)?;
+            let job = SampleJob {
+                prompt: per_image[start].0.clone(),
+                negative_prompt: request.negative_prompt.clone(),
+                seed: request.seed,
+                first_image: start,
+                batch: end - start,
+                sampling: request.sampling.clone(),
+                init_latents: request.init_latents.clone(),
+                keep_latents: request.keep_latents,
+            };
+            for mut image in sampler.sample(&job)? {
+                image.adapters = set.iter().map(|r| r.adapter.clone()).collect();
+                images.push(image);
+            }
+            start = end;
+        }
+        Ok(images)
+    }
+
+    async fn embed_prompt(&self, prompt: &str) -> Result<Vec<f32>> {
+        let mut vectors = self.embedder.embed(&[prompt.to_string()]).await?;
+        let query = vectors.pop().ok_or_else(|| StylusError::ModelReply {
+            service: self.embedder.id(),
+            attempts: 1,
+            message: "no vector returned for the prompt".into(),
+        })?;
+        if query.len() != self.retriever.dim() {
+            return Err(StylusError::Dimension {
+                what: format!("the index (embedder {})", self.embedder.id()),
+                expected: self.retriever.dim(),
+                got: query.len(),
+            });
+        }
+        Ok(query)
+    }
+
+    fn resolve_all(
+        &self,
+        per_image: &[(String, Vec<WeightedAdapter>)],
+    ) -> Result<Vec<Vec<ResolvedAdapter>>> {
+        let mut missing: Vec<&WeightedAdapter> = Vec::new();
+        let mut out = Vec::with_capacity(per_image.len());
+        for (_, adapters) in per_image {
+            let mut set = Vec::with_capacity(adapters.len());
+            for adapter in adapters {
+                let found = match &self.locator {
+                    Some(locator) => locator.locate(adapter)?,
+                    None => None,
+                };
+                match found {
+                    Some(path) => set.push(ResolvedAdapter {
+                        adapter: adapter.clone(),
+                        path,
+                    }),
+                    None if !missing.iter().any(|m| m.id == adapter.id) => missing.push(adapter),
+                    None => {}
+                }
+            }
+            out.push(set);
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let list: Vec<String> = missing
+            .iter()
+            .map(|a| {
+                let file = a.file.as_ref();
+                format!(
+                    "  {} \"{}\": {} ({})",
+                    a.id,
+                    a.title,
+                    file.map_or(a.alias.as_str(), |f| f.name.as_str()),
+                    file.and_then(|f| f.download_url.as_deref())
+                        .unwrap_or("no download URL in the catalog"),
+                )
+            })
+            .collect();
+        Err(StylusError::InvalidArgument(format!(
+            "{} selected adapter file(s) not found in the LoRA folder; download them first:\n{}",
+            missing.len(),
+            list.join("\n")
+        )))
+    }
+}
+
+/// Removes `<lora:...>` tags (the sampler gets adapters through the merger, not the prompt).
+pub fn strip_lora_tags(prompt: &str) -> String {
+    let mut out = String::with_capacity(prompt.len());
+    let mut rest = prompt;
+    while let Some(pos) = rest.find("<lora:") {
+        out.push_str(&rest[..pos]);
+        match rest[pos..].find('>') {
+            Some(end) => rest = &rest[pos + end + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Builds a [`Stylus`]. Embedder, retriever, composer and masker are required; locator, merger and
+/// sampler only for `generate`.
+#[derive(Default)]
+pub struct StylusBuilder {
+    config: StylusConfig,
+    filter: Option<RetrievalFilter>,
+    embedder: Option<Arc<dyn Embedder>>,
+    retriever: Option<Arc<dyn Retriever>>,
+    composer: Option<Arc<dyn Composer>>,
+    masker: Option<Arc<dyn Masker>>,
+    locator: Option<Arc<dyn AdapterLocator>>,
+    merger: Option<Arc<dyn Merger>>,
+    sampler: Option<Arc<dyn Sampler>>,
+}
+
+impl std::fmt::Debug for StylusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StylusBuilder").finish_non_exhaustive()
+    }
+}
+
+impl StylusBuilder {
+    pub fn config(mut self, config: StylusConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// The retrieval filter; by default: no nsfw, SD 1.x (or unknown) base models only.
+    pub fn filter(mut self, filter: RetrievalFilter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+    pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+    pub fn retriever(mut self, retriever: Arc<dyn Retriever>) -> Self {
+        self.retriever = Some(retriever);
+        self
+    }
+    pub fn composer(mut self, composer: Arc<dyn Composer>) -> Self {
+        self.composer = Some(composer);
+        self
+    }
+    pub fn masker(mut self, masker: Arc<dyn Masker>) -> Self {
+        self.masker = Some(masker);
+        self
+    }
+    pub fn locator(mut self, locator: Arc<dyn AdapterLocator>) -> Self {
+        self.locator = Some(locator);
+        self
+    }
+    pub fn merger(mut self, merger: Arc<dyn Merger>) -> Self {
+        self.merger = Some(merger);
+        self
+    }
+    pub fn sampler(mut self, sampler: Arc<dyn Sampler>) -> Self {
+        self.sampler = Some(sampler);
+        self
+    }
+
+    pub fn build(self) -> Result<Stylus> {
+        let embedder = self.embedder.ok_or(StylusError::MissingStage("embedder"))?;
+        let retriever = self
+            .retriever
+            .ok_or(StylusError::MissingStage("retriever"))?;
+        if embedder.dim() != retriever.dim() {
+            return Err(StylusError::Dimension {
+                what: format!("the index for embedder {}", embedder.id()),
+                expected: retriever.dim(),
+                got: embedder.dim(),
+            });
+        }
+        Ok(Stylus {
+            filter: self.filter.unwrap_or(RetrievalFilter {
+                sd1_only: true,
+                allow_nsfw: self.config.catalog.allow_nsfw,
+                ..RetrievalFilter::default()
+            }),
+            config: self.config,
+            embedder,
+            retriever,
+            composer: self.composer.ok_or(StylusError::MissingStage("composer"))?,
+            masker: self.masker.ok_or(StylusError::MissingStage("masker"))?,
+            locator: self.locator,
+            merger: self.merger,
+            sampler: self.sampler,
+        })
+    }
+}

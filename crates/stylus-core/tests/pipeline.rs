@@ -1,0 +1,431 @@
+//! The pipeline wires trait objects: small in-test implementations of every stage run `select`
+//! and `generate` end to end.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use stylus_core::*;
+
+fn doc(id: u64, title: &str, category: Category, weight: f32) -> Arc<AdapterDoc> {
+    let mut card = AdapterCard::new(AdapterId::Civitai(id), title, "LORA");
+    card.file = Some(AdapterFile {
+        name: format!("{}.safetensors", title.replace(' ', "_")),
+        download_url: Some(format!("https://civitai.com/api/download/models/{id}")),
+        ..AdapterFile::default()
+    });
+    Arc::new(AdapterDoc {
+        description: title.to_string(),
+        recommended_weight: weight,
+        category,
+        embedding_text: title.to_string(),
+        refiner: "test".into(),
+        card,
+    })
+}
+
+/// Embeds a text as counts of three keywords.
+struct KeywordEmbedder;
+
+#[async_trait]
+impl Embedder for KeywordEmbedder {
+    fn id(&self) -> String {
+        "keywords-v1".into()
+    }
+    fn dim(&self) -> usize {
+        3
+    }
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let t = t.to_lowercase();
+                ["cat", "rain", "watercolor"]
+                    .iter()
+                    .map(|k| t.matches(k).count() as f32)
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Scores every document by dot product with its title's keyword vector.
+struct ScanRetriever {
+    docs: Vec<Arc<AdapterDoc>>,
+}
+
+impl Retriever for ScanRetriever {
+    fn dim(&self) -> usize {
+        3
+    }
+    fn len(&self) -> usize {
+        self.docs.len()
+    }
+    fn retrieve(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<Candidate>> {
+        let mut out: Vec<Candidate> = self
+            .docs
+            .iter()
+            .filter(|d| filter.accepts(d))
+            .map(|d| {
+                let t = d.card.title.to_lowercase();
+                let v = ["cat", "rain", "watercolor"].map(|k| t.matches(k).count() as f32);
+                Candidate {
+                    doc: d.clone(),
+                    score: v.iter().zip(query).map(|(a, b)| a * b).sum(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        out.truncate(k);
+        Ok(out)
+    }
+}
+
+/// One topic per comma-separated part; a candidate goes to the first topic naming a word of it.
+struct CommaComposer;
+
+#[async_trait]
+impl Composer for CommaComposer {
+    async fn compose(&self, prompt: &str, candidates: &[Candidate]) -> Result<Composition> {
+        let mut used = std::collections::HashSet::new();
+        let topics = prompt
+            .split(',')
+            .map(|part| {
+                let part = part.trim();
+                let adapters = candidates
+                    .iter()
+                    .filter(|c| c.score > 0.0)
+                    .filter(|c| {
+                        c.doc
+                            .card
+                            .title
+                            .to_lowercase()
+                            .split(' ')
+                            .any(|w| part.to_lowercase().contains(w))
+                    })
+                    .filter(|c| used.insert(c.doc.id().clone()))
+                    .map(|c| c.doc.clone())
+                    .collect();
+                TopicAdapters {
+                    topic: Topic {
+                        text: part.to_string(),
+                    },
+                    adapters,
+                }
+            })
+            .collect();
+        Ok(Composition { topics })
+    }
+}
+
+/// Each adapter alone, plus nothing.
+struct OneAtATime;
+
+impl Masker for OneAtATime {
+    fn masks(&self, composition: &Composition) -> Vec<Mask> {
+        let all = Mask::all(composition);
+        let mut masks = vec![Mask {
+            active: all.active.iter().map(|t| vec![false; t.len()]).collect(),
+        }];
+        for (t, topic) in all.active.iter().enumerate() {
+            for a in 0..topic.len() {
+                let mut m = masks[0].clone();
+                m.active[t][a] = true;
+                masks.push(m);
+            }
+        }
+        masks
+    }
+}
+
+struct FolderLocator {
+    present: Vec<AdapterId>,
+}
+
+impl AdapterLocator for FolderLocator {
+    fn locate(&self, adapter: &WeightedAdapter) -> Result<Option<PathBuf>> {
+        Ok(self
+            .present
+            .contains(&adapter.id)
+            .then(|| PathBuf::from(format!("/loras/{}.safetensors", adapter.alias))))
+    }
+}
+
+/// Records merges; renders a flat image whose colour encodes the number of active adapters.
+#[derive(Default)]
+struct RecordingBackend {
+    merges: Mutex<Vec<Vec<(String, f32)>>>,
+}
+
+impl Merger for RecordingBackend {
+    fn set_adapters(&self, adapters: &[ResolvedAdapter]) -> Result<MergeReport> {
+        self.merges.lock().unwrap().push(
+            adapters
+                .iter()
+                .map(|a| (a.adapter.alias.clone(), a.adapter.weight))
+                .collect(),
+        );
+        Ok(MergeReport::default())
+    }
+}
+
+impl Sampler for RecordingBackend {
+    fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
+        let active = self.merges.lock().unwrap().last().map_or(0, Vec::len) as u8;
+        Ok((0..job.batch)
+            .map(|i| GeneratedImage {
+                width: 8,
+                height: 8,
+                rgb: vec![active; 8 * 8 * 3],
+                seed: job.seed + (job.first_image + i) as u64,
+                prompt: job.prompt.clone(),
+                negative_prompt: job.negative_prompt.clone(),
+                adapters: Vec::new(),
+                sampling: job.sampling.clone(),
+                latents: None,
+            })
+            .collect())
+    }
+}
+
+fn catalog() -> Vec<Arc<AdapterDoc>> {
+    vec![
+        doc(1, "cat ears", Category::Animal, 1.0),
+        doc(2, "rain storm", Category::Background, 0.6),
+        doc(3, "watercolor style", Category::Style, 0.8),
+        doc(4, "rain puddles", Category::Background, 0.7),
+        doc(5, "unrelated thing", Category::Object, 0.8),
+    ]
+}
+
+fn pipeline(backend: Option<Arc<RecordingBackend>>, present: Vec<AdapterId>) -> Stylus {
+    let mut builder = Stylus::builder()
+        .embedder(Arc::new(KeywordEmbedder))
+        .retriever(Arc::new(ScanRetriever { docs: catalog() }))
+        .composer(Arc::new(CommaComposer))
+        .masker(Arc::new(OneAtATime))
+        .locator(Arc::new(FolderLocator { present }));
+    if let Some(b) = backend {
+        builder = builder.merger(b.clone()).sampler(b);
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn select_runs_every_stage_and_weights_by_topic() {
+    let stylus = pipeline(None, vec![]);
+    let plan = stylus
+        .select("A Cat, in the Rain, watercolor")
+        .await
+        .unwrap();
+
+    let topics: Vec<&str> = plan.topics.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(topics, ["A Cat", "in the Rain", "watercolor"]);
+    let ids: Vec<Vec<String>> = plan
+        .topics
+        .iter()
+        .map(|t| t.adapters.iter().map(|a| a.id.to_string()).collect())
+        .collect();
+    assert_eq!(ids, [vec!["1"], vec!["2", "4"], vec!["3"]]);
+    // recommended x 0.8 / active adapters in the topic
+    let rain: Vec<f32> = plan.topics[1].adapters.iter().map(|a| a.weight).collect();
+    assert!((rain[0] - 0.6 * 0.8 / 2.0).abs() < 1e-6);
+    assert!((rain[1] - 0.7 * 0.8 / 2.0).abs() < 1e-6);
+    assert_eq!(
+        plan.a1111_prompt,
+        "a cat, in the rain, watercolor, realistic, best quality \
+         <lora:cat_ears:0.8> <lora:rain_storm:0.24> <lora:rain_puddles:0.28> \
+         <lora:watercolor_style:0.64>"
+    );
+    // nothing + each of the 4 adapters alone; alone in its topic, an adapter gets the full share
+    assert_eq!(plan.masks.len(), 5);
+    assert!(plan.masks[0].adapters.is_empty());
+    assert_eq!(plan.masks[2].adapters[0].alias, "rain_storm");
+    assert!((plan.masks[2].adapters[0].weight - 0.48).abs() < 1e-6);
+    assert_eq!(plan.candidates, 5);
+
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["topics"][0]["adapters"][0]["id"], 1);
+    assert!(json["timings_ms"]["compose"].is_number());
+}
+
+#[tokio::test]
+async fn generate_merges_each_mask_then_samples() {
+    let backend = Arc::new(RecordingBackend::default());
+    let present = (1..=5).map(AdapterId::Civitai).collect();
+    let stylus = pipeline(Some(backend.clone()), present);
+    let request = GenerationRequest {
+        prompt: "a cat, in the rain".into(),
+        negative_prompt: "blurry".into(),
+        batch: 3,
+        seed: 42,
+        sampling: SamplingParams::default(),
+        select: true,
+        explicit_loras: vec![ExplicitLora {
+            path: "/extra/detail.safetensors".into(),
+            weight: 0.5,
+        }],
+        init_latents: None,
+        keep_latents: false,
+    };
+    let images = stylus.generate(&request).await.unwrap();
+    assert_eq!(images.len(), 3);
+    assert_eq!(
+        images.iter().map(|i| i.seed).collect::<Vec<_>>(),
+        [42, 43, 44]
+    );
+    let merges = backend.merges.lock().unwrap();
+    assert!(!merges.is_empty() && merges.len() <= 3);
+    for (image, merged) in images.iter().zip(merges.iter()) {
+        // the explicit LoRA comes last in every set, at its own weight
+        assert_eq!(merged.last().unwrap(), &("detail".to_string(), 0.5));
+        assert_eq!(image.adapters.len(), merged.len());
+        assert!(!image.prompt.contains("<lora:"));
+        assert!(image.prompt.ends_with("realistic, best quality"));
+    }
+}
+
+#[tokio::test]
+async fn generate_lists_every_missing_adapter_before_computing() {
+    let backend = Arc::new(RecordingBackend::default());
+    let stylus = pipeline(Some(backend.clone()), vec![AdapterId::Civitai(1)]);
+    let request = GenerationRequest {
+        prompt: "a cat, in the rain".into(),
+        negative_prompt: String::new(),
+        batch: 5,
+        seed: 0,
+        sampling: SamplingParams::default(),
+        select: true,
+        explicit_loras: vec![],
+        init_latents: None,
+        keep_latents: false,
+    };
+    let err = stylus.generate(&request).await.unwrap_err().to_string();
+    assert!(err.contains("rain_storm.safetensors"), "{err}");
+    assert!(
+        err.contains("https://civitai.com/api/download/models/4"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cat_ears"),
+        "present adapters are not listed: {err}"
+    );
+    assert!(backend.merges.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn missing_stages_and_mismatched_dimensions_are_errors() {
+    let stylus = pipeline(None, vec![]);
+    let request = GenerationRequest {
+        prompt: "a cat".into(),
+        negative_prompt: String::new(),
+        batch: 1,
+        seed: 0,
+        sampling: SamplingParams::default(),
+        select: false,
+        explicit_loras: vec![],
+        init_latents: None,
+        keep_latents: false,
+    };
+    let err = stylus.generate(&request).await.unwrap_err();
+    assert!(matches!(err, StylusError::MissingStage("sampler")), "{err}");
+    assert!(matches!(
+        stylus.select("  ").await.unwrap_err(),
+        StylusError::InvalidArgument(_)
+    ));
+
+    struct WideEmbedder;
+    #[async_trait]
+    impl Embedder for WideEmbedder {
+        fn id(&self) -> String {
+            "wide".into()
+        }
+        fn dim(&self) -> usize {
+            4
+        }
+        async fn embed(&self, t: &[String]) -> Result<Vec<Vec<f32>>> {
+            Ok(vec![vec![0.0; 4]; t.len()])
+        }
+    }
+    let err = Stylus::builder()
+        .embedder(Arc::new(WideEmbedder))
+        .retriever(Arc::new(ScanRetriever { docs: catalog() }))
+        .composer(Arc::new(CommaComposer))
+        .masker(Arc::new(OneAtATime))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expects 3, got 4"), "{err}");
+}
+
+#[test]
+fn masker_sampling_is_seeded_and_covers_masks_before_repeating() {
+    let composition = Composition {
+        topics: vec![TopicAdapters {
+            topic: Topic { text: "x".into() },
+            adapters: catalog()[..3].to_vec(),
+        }],
+    };
+    let a = OneAtATime.sample(&composition, 4, 9);
+    assert_eq!(a, OneAtATime.sample(&composition, 4, 9));
+    let distinct: std::collections::HashSet<_> = a.iter().collect();
+    assert_eq!(distinct.len(), 4, "4 masks exist, 4 sampled: no repeats");
+    assert_eq!(OneAtATime.sample(&composition, 9, 9).len(), 9);
+}
+
+#[test]
+fn errors_carry_their_context() {
+    let e = StylusError::Json {
+        path: "cards.jsonl".into(),
+        line: Some(17),
+        message: "expected value".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "cards.jsonl:17: malformed JSON: expected value"
+    );
+    let e = StylusError::tensor(
+        "lora.safetensors",
+        "lora_unet_x.lora_up.weight",
+        "contains NaN",
+    );
+    assert_eq!(
+        e.to_string(),
+        "lora.safetensors: tensor `lora_unet_x.lora_up.weight`: contains NaN"
+    );
+    let e = StylusError::adapter(&AdapterId::Civitai(58390), "no SD 1.5 version");
+    assert_eq!(e.to_string(), "adapter 58390: no SD 1.5 version");
+    let e = StylusError::Http {
+        url: "http://127.0.0.1:1/v1/chat/completions".into(),
+        status: Some(429),
+        message: "rate limited after 3 retries".into(),
+    };
+    assert!(e.to_string().ends_with("(status 429)"));
+    assert_eq!(StylusError::NotImplemented("merge".into()).exit_code(), 2);
+}
+
+#[test]
+fn base_models_and_ids_parse() {
+    assert_eq!(BaseModel::parse("SD 1.5"), BaseModel::Sd1);
+    assert_eq!(BaseModel::parse("SD 1.4"), BaseModel::Sd1);
+    assert_eq!(BaseModel::parse("SDXL 1.0"), BaseModel::Sdxl);
+    assert_eq!(BaseModel::parse("SD 2.1 768"), BaseModel::Sd2);
+    assert_eq!(BaseModel::parse("Other"), BaseModel::Other("Other".into()));
+    assert_eq!(
+        "58390".parse::<AdapterId>().unwrap(),
+        AdapterId::Civitai(58390)
+    );
+    assert_eq!(
+        serde_json::to_string(&AdapterId::local_from_sha256("ABC")).unwrap(),
+        "\"sha256:abc\""
+    );
+    assert_eq!(
+        strip_lora_tags("a cat <lora:x:0.5>, rain <lora:y:1>"),
+        "a cat , rain"
+    );
+}
