@@ -1,1 +1,91 @@
-fn main() {}
+//! `stylus`: pick LoRA adapters for a prompt and generate images with Stable Diffusion 1.5.
+//!
+//! The CLI is thin: argument parsing and output formatting. Each subcommand lives in its own
+//! module under `commands/`. Results go to stdout, logs (tracing) to stderr.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stylus_core::{StylusConfig, StylusError};
+
+/// Stylus: automatic LoRA selection and composition for Stable Diffusion 1.5.
+///
+/// Give it a prompt; it finds matching adapters in a catalog of Civitai LoRAs, splits the prompt
+/// into topics, assigns adapters to them and renders images with the adapters merged in.
+#[derive(Debug, Parser)]
+#[command(name = "stylus", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Configuration file (TOML); defaults are the paper's (top-K 150, <= 3 adapters per topic, ...).
+    #[arg(long, global = true, value_name = "FILE", env = "STYLUS_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a StylusDocs index from Civitai model JSON and/or a folder of LoRA files.
+    Index(commands::index::Args),
+    /// Print the top-K adapters for prompts (embedding search only, no composition).
+    Retrieve(commands::retrieve::Args),
+    /// Choose adapters for a prompt: topics, adapters, weights, masks and an A1111 prompt.
+    Select(commands::select::Args),
+    /// Select adapters, merge them into SD 1.5 and render PNG images.
+    Generate(commands::generate::Args),
+    /// Bake weighted LoRAs into a checkpoint (like kohya's merge_lora).
+    Merge(commands::merge::Args),
+    /// Explain a LoRA or checkpoint file: format, base model, modules, metadata.
+    Info(commands::info::Args),
+    /// Evaluate retrieval quality or prompt segmentation on a development set.
+    Eval(commands::eval::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), StylusError> {
+    let config = match &cli.config {
+        Some(path) => StylusConfig::from_toml_file(path)?,
+        None => StylusConfig::default(),
+    };
+    match cli.command {
+        Command::Index(args) => commands::index::run(args, &config),
+        Command::Retrieve(args) => commands::retrieve::run(args, &config),
+        Command::Select(args) => commands::select::run(args, &config),
+        Command::Generate(args) => commands::generate::run(args, &config),
+        Command::Merge(args) => commands::merge::run(args, &config),
+        Command::Info(args) => commands::info::run(args, &config),
+        Command::Eval(args) => commands::eval::run(args, &config),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,stylus=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

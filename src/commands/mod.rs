@@ -1,0 +1,24 @@
+//! One module per subcommand.
+
+pub mod eval;
+pub mod generate;
+pub mod index;
+pub mod info;
+pub mod merge;
+pub mod retrieve;
+pub mod select;
+
+use stylus_core::StylusError;
+
+/// The honest answer of a subcommand that is not built yet (exit code 2).
+pub fn not_implemented(what: &str) -> Result<(), StylusError> {
+    Err(StylusError::NotImplemented(what.to_string()))
+}
+
+/// A tokio runtime for the async pipeline stages.
+pub fn runtime() -> Result<tokio::runtime::Runtime, StylusError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StylusError::io("<tokio runtime>", e))
+}
