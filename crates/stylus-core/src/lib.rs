@@ -13,6 +13,8 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod ids;
+#[cfg(feature = "openai")]
+pub mod openai;
 pub mod pipeline;
 pub mod plan;
 pub mod rng;
