@@ -1,9 +1,17 @@
 //! Stylus composer: stages 3 and 4 of Stylus.
 //!
-//! - [`masker`]: the paper's mask strategies (`all`, `one_hot_loras`, `one_hot_concepts`).
+//! - [`segment`]: cuts a prompt into keyword topics (rule-based, offline);
+//! - [`masker`]: the paper's mask strategies (`all`, `one_hot_loras`, `one_hot_concepts`);
+//! - [`segmentation_eval`]: our topics against the reference composer's (PartiPrompts).
 //!
 //! Weights and prompts are built by `stylus_core::WeightPolicy` and `stylus_core::PromptBuilder`.
 
 pub mod masker;
+pub mod segment;
+pub mod segmentation_eval;
 
 pub use masker::{MAX_ENUMERATED_MASKS, StrategyMasker};
+pub use segment::{Segment, SegmentKind, segment};
+pub use segmentation_eval::{
+    Prf, ReferenceRow, SegmentationReport, evaluate_segmentation, read_parti_csv,
+};

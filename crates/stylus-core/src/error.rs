@@ -28,6 +28,14 @@ pub enum StylusError {
         message: String,
     },
 
+    /// A text data file other than JSON (CSV, a Python literal in a CSV cell, ...) is malformed.
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+
     /// A configuration file is invalid.
     #[error("config {path}: {message}")]
     Config { path: PathBuf, message: String },
