@@ -6,6 +6,7 @@
 //!
 //! Weights and prompts are built by `stylus_core::WeightPolicy` and `stylus_core::PromptBuilder`.
 
+pub mod llm;
 pub mod masker;
 pub mod segment;
 pub mod segmentation_eval;
