@@ -1,1 +1,11 @@
-//! stylus-diffusion
+//! stylus-diffusion: Stable Diffusion 1.5 in burn.
+//!
+//! - [`backend`]: the CPU backend ([`backend::CpuBackend`], burn-flex) and GPU device helpers.
+//! - [`models`]: the CLIP text encoder, the UNet and the VAE, named like diffusers' modules.
+//! - [`checkpoint`]: [`StableDiffusion::load`] for diffusers folders and single-file checkpoints.
+pub mod backend;
+pub mod checkpoint;
+pub mod lora;
+pub mod models;
+
+pub use checkpoint::{Component, ComponentReport, LoadReport, SdConfig, StableDiffusion};
