@@ -1,1 +1,3 @@
 //! stylus-refiner
+
+pub mod openai_embedder;
