@@ -5,6 +5,7 @@
 //! - [`checkpoint`]: [`StableDiffusion::load`] for diffusers folders and single-file checkpoints.
 pub mod backend;
 pub mod checkpoint;
+pub mod clip_tokenizer;
 pub mod lora;
 pub mod models;
 
