@@ -8,5 +8,6 @@ pub mod checkpoint;
 pub mod clip_tokenizer;
 pub mod lora;
 pub mod models;
+pub mod schedulers;
 
 pub use checkpoint::{Component, ComponentReport, LoadReport, SdConfig, StableDiffusion};

@@ -1,0 +1,186 @@
+//! Euler and Euler ancestral (Karras et al. 2022, k-diffusion), as diffusers'
+//! `EulerDiscreteScheduler` (no churn) and `EulerAncestralDiscreteScheduler`.
+
+use stylus_core::{Result, StylusError};
+
+use super::{
+    ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, check_lengths, check_steps,
+    linspace_at, trailing,
+};
+
+/// Fractional timesteps and their sigmas (plus a final 0), as float32 values like diffusers.
+#[derive(Debug, Clone)]
+struct SigmaSchedule {
+    timesteps: Vec<f64>,
+    /// `steps + 1` sigmas, the last one 0.
+    sigmas: Vec<f64>,
+    init_noise_sigma: f64,
+}
+
+impl SigmaSchedule {
+    fn new(config: &ScheduleConfig, steps: usize) -> Result<Self> {
+        check_steps(steps, config)?;
+        let schedule = TrainSchedule::new(config)?;
+        let n = config.num_train_timesteps;
+        let spacing = config.spacing_or(TimestepSpacing::Linspace);
+        let timesteps: Vec<f64> = match spacing {
+            TimestepSpacing::Linspace => (0..steps)
+                .rev()
+                .map(|i| linspace_at(0.0, (n - 1) as f64, steps, i))
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = n / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio + config.steps_offset) as f64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => trailing(n, steps).iter().map(|&t| t as f64).collect(),
+        };
+        let timesteps: Vec<f64> = timesteps.iter().map(|&t| f64::from(t as f32)).collect();
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| f64::from(schedule.interpolate_sigma(t) as f32))
+            .collect();
+        sigmas.push(0.0);
+        let max_sigma = sigmas.iter().copied().fold(0.0, f64::max);
+        let init_noise_sigma = match spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
+        };
+        Ok(Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+        })
+    }
+
+    fn input_scale(&self, index: usize) -> f64 {
+        let sigma = self.sigmas[index];
+        1.0 / (sigma * sigma + 1.0).sqrt()
+    }
+}
+
+/// Euler's method on the probability-flow ODE.
+#[derive(Debug, Clone)]
+pub struct EulerScheduler {
+    schedule: SigmaSchedule,
+}
+
+impl EulerScheduler {
+    /// Euler over `steps` steps (default spacing `linspace`).
+    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self> {
+        Ok(Self {
+            schedule: SigmaSchedule::new(config, steps)?,
+        })
+    }
+}
+
+impl Scheduler for EulerScheduler {
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.schedule.sigmas)
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.schedule.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.schedule.init_noise_sigma
+    }
+
+    fn model_input_scale(&self, index: usize) -> f64 {
+        self.schedule.input_scale(index)
+    }
+
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        sample: &[f32],
+        noise: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        check_lengths(model_output, sample, noise)?;
+        let sigma = self.schedule.sigmas[index];
+        let dt = self.schedule.sigmas[index + 1] - sigma;
+        Ok(model_output
+            .iter()
+            .zip(sample)
+            .map(|(&eps, &x)| {
+                let (eps, x) = (f64::from(eps), f64::from(x));
+                let denoised = x - sigma * eps;
+                let derivative = (x - denoised) / sigma;
+                (x + derivative * dt) as f32
+            })
+            .collect())
+    }
+}
+
+/// Euler ancestral ("Euler a"): an Euler step down to `sigma_down`, then fresh noise of size
+/// `sigma_up`. The noise comes from the caller (our own seeded RNG).
+#[derive(Debug, Clone)]
+pub struct EulerAncestralScheduler {
+    schedule: SigmaSchedule,
+}
+
+impl EulerAncestralScheduler {
+    /// Euler ancestral over `steps` steps (default spacing `linspace`).
+    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self> {
+        Ok(Self {
+            schedule: SigmaSchedule::new(config, steps)?,
+        })
+    }
+}
+
+impl Scheduler for EulerAncestralScheduler {
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.schedule.sigmas)
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.schedule.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.schedule.init_noise_sigma
+    }
+
+    fn model_input_scale(&self, index: usize) -> f64 {
+        self.schedule.input_scale(index)
+    }
+
+    fn needs_noise(&self) -> bool {
+        true
+    }
+
+    fn step(
+        &mut self,
+        index: usize,
+        model_output: &[f32],
+        sample: &[f32],
+        noise: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        check_lengths(model_output, sample, noise)?;
+        let noise = noise.ok_or_else(|| {
+            StylusError::InvalidArgument("euler_ancestral step needs noise".to_string())
+        })?;
+        let sigma_from = self.schedule.sigmas[index];
+        let sigma_to = self.schedule.sigmas[index + 1];
+        let sigma_up = (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to)
+            / (sigma_from * sigma_from))
+            .sqrt();
+        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+        let dt = sigma_down - sigma_from;
+        Ok(model_output
+            .iter()
+            .zip(sample)
+            .zip(noise)
+            .map(|((&eps, &x), &z)| {
+                let (eps, x) = (f64::from(eps), f64::from(x));
+                let denoised = x - sigma_from * eps;
+                let derivative = (x - denoised) / sigma_from;
+                (x + derivative * dt + f64::from(z) * sigma_up) as f32
+            })
+            .collect())
+    }
+}
