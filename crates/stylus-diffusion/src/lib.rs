@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod clip_tokenizer;
 pub mod lora;
 pub mod models;
+pub mod png;
+pub mod prompt_weights;
 pub mod schedulers;
 
 pub use checkpoint::{Component, ComponentReport, LoadReport, SdConfig, StableDiffusion};
