@@ -65,10 +65,15 @@ pub fn probe_device<B: Backend>(device: &B::Device, what: &str) -> Result<()> {
         ones.sum().into_scalar().elem::<f32>()
     }));
     match outcome {
-        Ok(sum) if sum == 4.0 => Ok(()),
-        Ok(sum) => Err(StylusError::Device(format!(
-            "{what}: probe computation returned {sum} instead of 4"
-        ))),
+        Ok(sum) => {
+            if sum == 4.0 {
+                Ok(())
+            } else {
+                Err(StylusError::Device(format!(
+                    "{what}: probe computation returned {sum} instead of 4"
+                )))
+            }
+        }
         Err(panic) => Err(StylusError::Device(format!(
             "{what}: {}",
             panic_message(panic.as_ref())

@@ -101,11 +101,11 @@ pub fn apply_tensors<B: Backend, M: Module<B>>(
 
     // A tensor that failed to decode (NaN, integer dtype, ...) gets its typed error back.
     for error in &result.errors {
-        if let ApplyError::LoadError { path, .. } = error {
-            if let Some(index) = paths.iter().position(|p| p == path) {
-                let tensor = &planned[index];
-                file.float_data(&tensor.source_key, dtype, &tensor.shape)?;
-            }
+        if let ApplyError::LoadError { path, .. } = error
+            && let Some(index) = paths.iter().position(|p| p == path)
+        {
+            let tensor = &planned[index];
+            file.float_data(&tensor.source_key, dtype, &tensor.shape)?;
         }
     }
     let source_key = |path: &str| {

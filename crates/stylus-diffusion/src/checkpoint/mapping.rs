@@ -139,7 +139,7 @@ impl LdmUNetLayout {
             Some(index) => index.checked_sub(1)?,
             None => input_blocks.checked_sub(1)?,
         };
-        if layers_per_block == 0 || input_blocks % (layers_per_block + 1) != 0 {
+        if layers_per_block == 0 || !input_blocks.is_multiple_of(layers_per_block + 1) {
             return None;
         }
         let levels = input_blocks / (layers_per_block + 1);

@@ -109,7 +109,7 @@ impl VaeConfig {
         if let Some(c) = self
             .block_out_channels
             .iter()
-            .find(|c| **c % self.norm_num_groups != 0)
+            .find(|c| !c.is_multiple_of(self.norm_num_groups))
         {
             return Err(StylusError::InvalidArgument(format!(
                 "VAE config: {c} channels are not divisible into {} groups",

@@ -96,7 +96,7 @@ impl UNetConfig {
         } else if let Some(channels) = self
             .block_out_channels
             .iter()
-            .find(|c| **c % self.norm_num_groups != 0)
+            .find(|c| !c.is_multiple_of(self.norm_num_groups))
         {
             Some(format!(
                 "{channels} channels are not divisible into {} groups",
@@ -106,7 +106,7 @@ impl UNetConfig {
             .block_out_channels
             .iter()
             .zip(&self.attention_heads)
-            .find(|(c, h)| **h == 0 || **c % **h != 0)
+            .find(|(c, h)| **h == 0 || !c.is_multiple_of(**h))
         {
             Some(format!(
                 "{channels} channels are not divisible into {heads} heads"

@@ -83,9 +83,9 @@ impl UNetConfig {
 
         let mut down_blocks = Vec::with_capacity(levels);
         let mut output_channels = channels[0];
-        for level in 0..levels {
+        for (level, &level_channels) in channels.iter().enumerate() {
             let input_channels = output_channels;
-            output_channels = channels[level];
+            output_channels = level_channels;
             let is_last = level + 1 == levels;
             down_blocks.push(DownBlock {
                 resnets: (0..self.layers_per_block)
