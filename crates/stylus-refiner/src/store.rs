@@ -1,0 +1,769 @@
+//! The StylusDocs store: refined adapter documents and their vectors in one directory.
+//!
+//! ```text
+//! store/
+//!   manifest.json        format + version, embedder id and dim, count, refiners,
+//!                        sha256 and size of every other file
+//!   docs.jsonl           one AdapterDoc per line, in vector order
+//!   vectors.safetensors  one f32 tensor `vectors` of shape [count, dim]
+//!   ...                  files other components register (lexical IDF table, HNSW graph)
+//! ```
+//!
+//! A store is written whole into a temporary sibling directory and renamed into place, so a
+//! reader sees the old store or the new one, never half of one. Adding files later
+//! ([`StylusDocs::add_files`]) builds a new directory the same way (hard-linking the unchanged
+//! files). Opening verifies everything: manifest format, every checksum and size, the line count
+//! of the docs, the tensor's shape; any failure is a [`StylusError::Store`] naming the file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stylus_core::{AdapterCard, AdapterDoc, AdapterId, Result, StylusError};
+
+/// The `format` field of every manifest.
+pub const FORMAT: &str = "stylus-docs";
+/// The layout version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const DOCS_FILE: &str = "docs.jsonl";
+pub const VECTORS_FILE: &str = "vectors.safetensors";
+/// The tensor name inside [`VECTORS_FILE`].
+pub const VECTORS_TENSOR: &str = "vectors";
+
+/// The store's table of contents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub embedder: EmbedderInfo,
+    /// Number of documents (= vector rows).
+    pub count: usize,
+    /// Distinct refiner ids of the documents, sorted.
+    pub refiners: Vec<String>,
+    /// Every file of the store except the manifest, with its checksum.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Which embedder made the vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedderInfo {
+    pub id: String,
+    pub dim: usize,
+}
+
+/// Size and lower-case hex sha256 of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A file written into the store next to docs and vectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    /// A plain file name (no directories).
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What a new store holds, before it is written.
+#[derive(Debug, Clone)]
+pub struct NewStore {
+    pub embedder_id: String,
+    pub dim: usize,
+    pub docs: Vec<AdapterDoc>,
+    /// Row-major `[docs.len(), dim]`.
+    pub vectors: Vec<f32>,
+    pub extra_files: Vec<ExtraFile>,
+}
+
+/// An open, verified store: documents and vectors in memory.
+#[derive(Debug, Clone)]
+pub struct StylusDocs {
+    dir: PathBuf,
+    manifest: Manifest,
+    docs: Vec<AdapterDoc>,
+    vectors: Vec<f32>,
+    by_id: HashMap<AdapterId, usize>,
+}
+
+impl StylusDocs {
+    /// Writes a new store at `dir` atomically (replacing a store already there) and returns it.
+    /// A non-empty `dir` that is not a store is refused.
+    pub fn write(dir: &Path, store: NewStore) -> Result<Self> {
+        let NewStore {
+            embedder_id,
+            dim,
+            docs,
+            vectors,
+            extra_files,
+        } = store;
+        if dim == 0 || vectors.len() != docs.len() * dim {
+            return Err(StylusError::Dimension {
+                what: format!("store {}", dir.display()),
+                expected: docs.len() * dim,
+                got: vectors.len(),
+            });
+        }
+        let mut by_id = HashMap::with_capacity(docs.len());
+        for (i, doc) in docs.iter().enumerate() {
+            if by_id.insert(doc.id().clone(), i).is_some() {
+                return Err(StylusError::adapter(doc.id(), "appears twice in the store"));
+            }
+        }
+        for file in &extra_files {
+            check_extra_name(dir, &file.name)?;
+        }
+
+        let mut docs_bytes = Vec::new();
+        for doc in &docs {
+            serde_json::to_writer(&mut docs_bytes, doc).map_err(|e| {
+                StylusError::store(dir.join(DOCS_FILE), format!("doc {}: {e}", doc.id()))
+            })?;
+            docs_bytes.push(b'\n');
+        }
+        let vectors_bytes = f32_tensor_bytes(VECTORS_TENSOR, &[docs.len(), dim], &vectors);
+
+        let mut files = vec![
+            (DOCS_FILE.to_string(), docs_bytes),
+            (VECTORS_FILE.to_string(), vectors_bytes),
+        ];
+        files.extend(extra_files.into_iter().map(|f| (f.name, f.bytes)));
+        let refiners: BTreeSet<String> = docs.iter().map(|d| d.refiner.clone()).collect();
+        let mut manifest = Manifest {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            embedder: EmbedderInfo {
+                id: embedder_id,
+                dim,
+            },
+            count: docs.len(),
+            refiners: refiners.into_iter().collect(),
+            files: BTreeMap::new(),
+        };
+        for (name, bytes) in &files {
+            manifest.files.insert(
+                name.clone(),
+                FileEntry {
+                    sha256: hex::encode(Sha256::digest(bytes)),
+                    bytes: bytes.len() as u64,
+                },
+            );
+        }
+
+        replace_dir_atomically(dir, |tmp| {
+            for (name, bytes) in &files {
+                write_synced(&tmp.join(name), bytes)?;
+            }
+            write_manifest(tmp, &manifest)
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            docs,
+            vectors,
+            by_id,
+        })
+    }
+
+    /// Opens and verifies the store at `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        for required in [DOCS_FILE, VECTORS_FILE] {
+            if !manifest.files.contains_key(required) {
+                return Err(StylusError::store(
+                    dir.join(MANIFEST_FILE),
+                    format!("lists no {required}"),
+                ));
+            }
+        }
+        let mut docs_bytes = Vec::new();
+        let mut vectors_bytes = Vec::new();
+        for (name, entry) in &manifest.files {
+            let path = dir.join(name);
+            let buffer = match name.as_str() {
+                DOCS_FILE => Some(&mut docs_bytes),
+                VECTORS_FILE => Some(&mut vectors_bytes),
+                _ => None,
+            };
+            verify_file(&path, entry, buffer)?;
+        }
+
+        let docs_path = dir.join(DOCS_FILE);
+        let mut docs = Vec::with_capacity(manifest.count);
+        for (index, line) in docs_bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let doc: AdapterDoc = serde_json::from_slice(line).map_err(|e| StylusError::Json {
+                path: docs_path.clone(),
+                line: Some(index + 1),
+                message: e.to_string(),
+            })?;
+            docs.push(doc);
+        }
+        if docs.len() != manifest.count {
+            return Err(StylusError::store(
+                &docs_path,
+                format!(
+                    "{} documents, the manifest says {}",
+                    docs.len(),
+                    manifest.count
+                ),
+            ));
+        }
+        let mut by_id = HashMap::with_capacity(docs.len());
+        for (i, doc) in docs.iter().enumerate() {
+            if by_id.insert(doc.id().clone(), i).is_some() {
+                return Err(StylusError::store(
+                    &docs_path,
+                    format!("adapter {} appears twice", doc.id()),
+                ));
+            }
+        }
+
+        let vectors_path = dir.join(VECTORS_FILE);
+        let (shape, vectors) = read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
+        let expected = [manifest.count, manifest.embedder.dim];
+        if shape != expected {
+            return Err(StylusError::store(
+                &vectors_path,
+                format!("tensor shape {shape:?}, the manifest says {expected:?}"),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            docs,
+            vectors,
+            by_id,
+        })
+    }
+
+    /// Adds (or replaces) files in the store at `dir`, covered by the manifest's checksums. The
+    /// files are copied from `sources` (`(name in the store, path of the file to copy)`); the
+    /// whole store is swapped in at once, as [`StylusDocs::write`] does. Returns the new manifest.
+    /// Docs, vectors and the manifest itself cannot be replaced this way.
+    pub fn add_files(dir: &Path, sources: &[(&str, &Path)]) -> Result<Manifest> {
+        let mut manifest = read_manifest(dir)?;
+        for (name, source) in sources {
+            check_extra_name(dir, name)?;
+            if matches!(*name, DOCS_FILE | VECTORS_FILE) {
+                return Err(StylusError::store(
+                    dir.join(name),
+                    "docs and vectors are written with StylusDocs::write, not added",
+                ));
+            }
+            let entry = hash_file(source)?;
+            manifest.files.insert(name.to_string(), entry);
+        }
+        let new: BTreeSet<&str> = sources.iter().map(|(name, _)| *name).collect();
+        replace_dir_atomically(dir, |tmp| {
+            for name in manifest.files.keys() {
+                if new.contains(name.as_str()) {
+                    continue;
+                }
+                let (from, to) = (dir.join(name), tmp.join(name));
+                // A hard link costs nothing; a copy is the fallback (other filesystems).
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(|e| StylusError::io(&from, e))?;
+                }
+            }
+            for (name, source) in sources {
+                let to = tmp.join(name);
+                std::fs::copy(source, &to).map_err(|e| StylusError::io(*source, e))?;
+                // The copy must be what was hashed (the source could change in between).
+                if hash_file(&to)? != manifest.files[*name] {
+                    return Err(StylusError::store(
+                        *source,
+                        "file changed while it was added to the store",
+                    ));
+                }
+            }
+            write_manifest(tmp, &manifest)
+        })?;
+        Ok(manifest)
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The id of the embedder that made the vectors.
+    pub fn embedder_id(&self) -> &str {
+        &self.manifest.embedder.id
+    }
+
+    pub fn dim(&self) -> usize {
+        self.manifest.embedder.dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// The documents, in vector order.
+    pub fn docs(&self) -> &[AdapterDoc] {
+        &self.docs
+    }
+
+    /// All vectors, row-major `[len, dim]`.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
+    /// The vector of document `index`.
+    pub fn vector(&self, index: usize) -> &[f32] {
+        let dim = self.dim();
+        &self.vectors[index * dim..(index + 1) * dim]
+    }
+
+    /// The position of an adapter's document.
+    pub fn position(&self, id: &AdapterId) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The path of a file the manifest lists (verified when the store was opened).
+    pub fn file_path(&self, name: &str) -> Option<PathBuf> {
+        self.manifest
+            .files
+            .contains_key(name)
+            .then(|| self.dir.join(name))
+    }
+
+    /// Splits the store into its documents and vectors.
+    pub fn into_parts(self) -> (Vec<AdapterDoc>, Vec<f32>) {
+        (self.docs, self.vectors)
+    }
+
+    /// The stored document of `card` when it is still valid: same adapter id, same card content,
+    /// same refiner. Used by incremental refreshes.
+    pub fn reusable_doc(&self, card: &AdapterCard, refiner_id: &str) -> Option<usize> {
+        let index = self.position(&card.id)?;
+        let doc = &self.docs[index];
+        (doc.refiner == refiner_id && card_hash(&doc.card) == card_hash(card)).then_some(index)
+    }
+}
+
+/// The content hash of a card (sha256 of its JSON form): a changed card is refined again.
+pub fn card_hash(card: &AdapterCard) -> String {
+    let json = serde_json::to_vec(card).expect("cards always serialize");
+    hex::encode(Sha256::digest(json))
+}
+
+/// A safetensors file holding one f32 tensor.
+pub fn f32_tensor_bytes(name: &str, shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes)
+        .expect("callers pass data matching the shape");
+    safetensors::serialize([(name, view)], None).expect("one small header always serializes")
+}
+
+/// Reads the f32 tensor `name` of a safetensors file's bytes; returns its shape and values.
+pub fn read_f32_tensor(path: &Path, bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| StylusError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let view = tensors
+        .tensor(name)
+        .map_err(|e| StylusError::tensor(path, name, e.to_string()))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(StylusError::tensor(
+            path,
+            name,
+            format!("dtype {:?}, expected F32", view.dtype()),
+        ));
+    }
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((view.shape().to_vec(), values))
+}
+
+fn check_extra_name(dir: &Path, name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.starts_with('.');
+    if !plain || name == MANIFEST_FILE {
+        return Err(StylusError::store(
+            dir,
+            format!("`{name}` is not a valid store file name"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StylusError::store(
+                &path,
+                "missing: not a StylusDocs store (run `stylus index`)",
+            )
+        } else {
+            StylusError::io(&path, e)
+        }
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| StylusError::store(&path, format!("unreadable manifest: {e}")))?;
+    if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
+        return Err(StylusError::store(
+            &path,
+            format!(
+                "format {} v{}, this build reads {FORMAT} v{FORMAT_VERSION}",
+                manifest.format, manifest.format_version
+            ),
+        ));
+    }
+    for name in manifest.files.keys() {
+        check_extra_name(dir, name)?;
+    }
+    Ok(manifest)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(manifest).expect("manifests always serialize");
+    json.push(b'\n');
+    write_synced(&dir.join(MANIFEST_FILE), &json)
+}
+
+/// Checks a file's size and checksum; keeps its bytes in `keep` when given.
+fn verify_file(path: &Path, entry: &FileEntry, keep: Option<&mut Vec<u8>>) -> Result<()> {
+    let metadata = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StylusError::store(path, "missing (listed in the manifest)")
+        } else {
+            StylusError::io(path, e)
+        }
+    })?;
+    if metadata.len() != entry.bytes {
+        return Err(StylusError::store(
+            path,
+            format!(
+                "{} bytes, the manifest says {} (truncated or replaced)",
+                metadata.len(),
+                entry.bytes
+            ),
+        ));
+    }
+    let actual = match keep {
+        Some(buffer) => {
+            *buffer = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
+            hex::encode(Sha256::digest(&buffer))
+        }
+        None => hash_file(path)?.sha256,
+    };
+    if actual != entry.sha256 {
+        return Err(StylusError::store(
+            path,
+            format!(
+                "sha256 {actual} does not match the manifest's {}",
+                entry.sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Size and sha256 of a file, streamed.
+fn hash_file(path: &Path) -> Result<FileEntry> {
+    let mut file = std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| StylusError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileEntry {
+        sha256: hex::encode(hasher.finalize()),
+        bytes,
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = std::fs::File::create(path).map_err(|e| StylusError::io(path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StylusError::io(path, e))?;
+    file.sync_all().map_err(|e| StylusError::io(path, e))
+}
+
+/// Fills a temporary sibling of `dir` with `fill`, then swaps it in for `dir`: the old store (if
+/// any) is renamed aside and removed. On error the temporary directory is removed and `dir` is
+/// untouched.
+fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StylusError::store(dir, "a store needs a directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if dir.exists() {
+        let is_store = dir.join(MANIFEST_FILE).is_file();
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| StylusError::io(dir, e))?
+            .next()
+            .is_none();
+        if !is_store && !empty {
+            return Err(StylusError::store(
+                dir,
+                "exists and is not a StylusDocs store; refusing to replace it",
+            ));
+        }
+    } else {
+        std::fs::create_dir_all(&parent).map_err(|e| StylusError::io(&parent, e))?;
+    }
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let tmp = parent.join(format!(".{name}.tmp-{unique}"));
+    std::fs::create_dir(&tmp).map_err(|e| StylusError::io(&tmp, e))?;
+    if let Err(err) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(err);
+    }
+    let old = parent.join(format!(".{name}.old-{unique}"));
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(|e| StylusError::io(dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(StylusError::io(dir, e));
+    }
+    if had_old && let Err(e) = std::fs::remove_dir_all(&old) {
+        tracing::warn!(path = %old.display(), error = %e, "could not remove the replaced store");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use stylus_core::Category;
+
+    use super::*;
+
+    fn doc(id: u64) -> AdapterDoc {
+        let card = AdapterCard::new(AdapterId::Civitai(id), format!("card {id}"), "LORA");
+        AdapterDoc {
+            card,
+            description: format!("description {id}"),
+            recommended_weight: 0.7,
+            category: Category::Style,
+            embedding_text: format!("text {id}"),
+            refiner: "card".into(),
+        }
+    }
+
+    fn new_store(n: u64) -> NewStore {
+        NewStore {
+            embedder_id: "test-embedder".into(),
+            dim: 3,
+            docs: (0..n).map(doc).collect(),
+            vectors: (0..n * 3).map(|v| v as f32 / 7.0).collect(),
+            extra_files: vec![ExtraFile {
+                name: "extra.bin".into(),
+                bytes: vec![1, 2, 3],
+            }],
+        }
+    }
+
+    #[test]
+    fn write_open_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let written = StylusDocs::write(&dir, new_store(4)).unwrap();
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.docs(), written.docs());
+        assert_eq!(opened.vectors(), written.vectors());
+        assert_eq!(opened.manifest(), written.manifest());
+        assert_eq!(opened.vector(2), &[6.0 / 7.0, 1.0, 8.0 / 7.0]);
+        assert_eq!(opened.position(&AdapterId::Civitai(3)), Some(3));
+        assert_eq!(opened.embedder_id(), "test-embedder");
+        assert_eq!(opened.manifest().refiners, ["card"]);
+        assert_eq!(
+            std::fs::read(opened.file_path("extra.bin").unwrap()).unwrap(),
+            [1, 2, 3]
+        );
+        // Nothing but the store is left in the parent.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+
+        // Rewriting replaces it whole.
+        StylusDocs::write(
+            &dir,
+            NewStore {
+                extra_files: vec![],
+                ..new_store(1)
+            },
+        )
+        .unwrap();
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.len(), 1);
+        assert!(opened.file_path("extra.bin").is_none());
+        assert!(!dir.join("extra.bin").exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn empty_store_round_trips() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("empty");
+        StylusDocs::write(&dir, new_store(0)).unwrap();
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert!(opened.is_empty());
+        assert_eq!(opened.dim(), 3);
+    }
+
+    #[test]
+    fn corrupt_stores_are_errors_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let open_err = || StylusDocs::open(&dir).unwrap_err().to_string();
+
+        StylusDocs::write(&dir, new_store(3)).unwrap();
+        let vectors = dir.join(VECTORS_FILE);
+        let bytes = std::fs::read(&vectors).unwrap();
+        std::fs::write(&vectors, &bytes[..bytes.len() - 4]).unwrap();
+        let err = open_err();
+        assert!(
+            err.contains(VECTORS_FILE) && err.contains("truncated"),
+            "{err}"
+        );
+
+        StylusDocs::write(&dir, new_store(3)).unwrap();
+        let docs = dir.join(DOCS_FILE);
+        let mut text = std::fs::read(&docs).unwrap();
+        let at = text.iter().position(|&b| b == b'7').unwrap();
+        text[at] = b'6';
+        std::fs::write(&docs, &text).unwrap();
+        let err = open_err();
+        assert!(err.contains(DOCS_FILE) && err.contains("sha256"), "{err}");
+
+        StylusDocs::write(&dir, new_store(3)).unwrap();
+        std::fs::remove_file(dir.join("extra.bin")).unwrap();
+        let err = open_err();
+        assert!(
+            err.contains("extra.bin") && err.contains("missing"),
+            "{err}"
+        );
+
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        let err = open_err();
+        assert!(err.contains(MANIFEST_FILE), "{err}");
+
+        // A manifest that lies about the count (checksums fine) is caught by the line count.
+        std::fs::remove_dir_all(&dir).unwrap();
+        StylusDocs::write(&dir, new_store(3)).unwrap();
+        let path = dir.join(MANIFEST_FILE);
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest.count = 2;
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let err = open_err();
+        assert!(err.contains(DOCS_FILE) && err.contains("says 2"), "{err}");
+
+        manifest.format_version = 99;
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert!(open_err().contains("v99"));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_before_writing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let mut store = new_store(2);
+        store.vectors.pop();
+        assert!(StylusDocs::write(&dir, store).is_err());
+        let mut store = new_store(2);
+        store.docs[1] = doc(0);
+        assert!(StylusDocs::write(&dir, store).is_err());
+        let mut store = new_store(2);
+        store.extra_files[0].name = "../escape".into();
+        assert!(StylusDocs::write(&dir, store).is_err());
+        assert!(!dir.exists());
+
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
+        let err = StylusDocs::write(&dir, new_store(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a StylusDocs store"), "{err}");
+        assert!(dir.join("precious.txt").exists());
+    }
+
+    #[test]
+    fn added_files_are_checksummed_and_swapped_in() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        StylusDocs::write(&dir, new_store(2)).unwrap();
+        let side = root.path().join("graph.tmp");
+        std::fs::write(&side, b"hnsw graph bytes").unwrap();
+        let manifest = StylusDocs::add_files(&dir, &[("index.hnsw.graph", &side)]).unwrap();
+        assert_eq!(manifest.files["index.hnsw.graph"].bytes, 16);
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.len(), 2);
+        assert_eq!(
+            std::fs::read(opened.file_path("index.hnsw.graph").unwrap()).unwrap(),
+            b"hnsw graph bytes"
+        );
+        assert!(opened.file_path("extra.bin").is_some());
+
+        std::fs::write(dir.join("index.hnsw.graph"), b"tampered graph bytes").unwrap();
+        let err = StylusDocs::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("index.hnsw.graph"), "{err}");
+
+        assert!(StylusDocs::add_files(&dir, &[(DOCS_FILE, &side)]).is_err());
+        assert!(StylusDocs::add_files(&dir, &[(MANIFEST_FILE, &side)]).is_err());
+        let missing = root.path().join("nope");
+        assert!(StylusDocs::add_files(&dir, &[("x", &missing)]).is_err());
+    }
+
+    #[test]
+    fn reusable_doc_needs_same_card_and_refiner() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StylusDocs::write(&root.path().join("s"), new_store(2)).unwrap();
+        let card = store.docs()[1].card.clone();
+        assert_eq!(store.reusable_doc(&card, "card"), Some(1));
+        assert_eq!(store.reusable_doc(&card, "vlm:x"), None);
+        let mut changed = card.clone();
+        changed.tags.push("new".into());
+        assert_eq!(store.reusable_doc(&changed, "card"), None);
+        let other = AdapterCard::new(AdapterId::Civitai(99), "x", "LORA");
+        assert_eq!(store.reusable_doc(&other, "card"), None);
+    }
+}
