@@ -192,7 +192,11 @@ fn chunk(prompt: &str, from: usize, to: usize, out: &mut Vec<Segment>) {
                 {
                     end += 1;
                 }
-                push(prompt, tokens[i].start, tokens[end].end, SegmentKind::Action, out);
+                // Only verbs that name a pose or an activity are topics; "wearing", "holding",
+                // "made", "written" only link the things around them.
+                if is_action(&token.lower) {
+                    push(prompt, tokens[i].start, tokens[end].end, SegmentKind::Action, out);
+                }
                 intro = None;
                 style_intro = false;
                 i = end;
@@ -234,8 +238,12 @@ fn chunk(prompt: &str, from: usize, to: usize, out: &mut Vec<Segment>) {
     emit(prompt, &tokens, &phrase, intro, style_intro, out);
 }
 
+/// A particle ends its verb's phrase only when no object follows ("standing up." but not
+/// "jumping over a fence").
 fn next_is_boundary(tokens: &[Token], roles: &[Role], at: usize) -> bool {
-    at >= tokens.len() || tokens[at].break_before || roles[at] != Role::Content
+    at >= tokens.len()
+        || tokens[at].break_before
+        || matches!(roles[at], Role::Function | Role::Verb)
 }
 
 /// Turns a finished noun phrase into a topic unless it is only a placeholder word.
@@ -252,6 +260,10 @@ fn emit(
     };
     let words: Vec<&str> = phrase.iter().map(|&p| tokens[p].lower.as_str()).collect();
     if words.iter().all(|w| PLACEHOLDERS.contains(w)) {
+        return;
+    }
+    // "a photo of X": a bare photo is the default of the base model, not a topic.
+    if words.len() == 1 && PLAIN_MEDIA.contains(&words[0]) {
         return;
     }
     let head = *words.last().unwrap_or(&"");
@@ -291,21 +303,23 @@ fn roles(tokens: &[Token]) -> Vec<Role> {
     for (i, token) in tokens.iter().enumerate() {
         let w = token.lower.as_str();
         let prev = roles.last().copied();
-        let prev_content = prev == Some(Role::Content) && !token.break_before;
         let next_content = tokens
             .get(i + 1)
             .is_some_and(|n| !n.break_before && base_role(&n.lower) == Role::Content && !is_verb_form(&n.lower));
         let mut role = base_role(w);
         if role == Role::Content && is_verb_form(w) {
+            let phrase_start = token.break_before
+                || matches!(prev, None | Some(Role::Determiner | Role::Preposition));
             role = if w.ends_with("ing") {
                 // "a smiling sloth": a participle right before its noun is a modifier.
-                if !prev_content && next_content {
+                if phrase_start && next_content {
                     Role::Content
                 } else {
                     Role::Verb
                 }
-            } else if prev_content || prev == Some(Role::Skip) {
-                // "the cat sits", "a tree covered in snow": after a noun, a finite verb.
+            } else if !phrase_start {
+                // "the cat sits", "a tree covered in snow", "is written": a verb. After an
+                // article it is a modifier ("a stuffed animal").
                 Role::Verb
             } else {
                 Role::Content
@@ -354,6 +368,21 @@ fn is_verb_form(w: &str) -> bool {
         return stem.len() >= 2 && !ING_NOUNS.contains(&w);
     }
     verb_lemma(w).is_some_and(|lemma| VERBS.contains(&lemma.as_str()))
+}
+
+/// True for `-ing` forms of verbs that name a pose or an activity ("jumping", "sitting").
+fn is_action(w: &str) -> bool {
+    let Some(stem) = w.strip_suffix("ing") else {
+        return false;
+    };
+    let b = stem.as_bytes();
+    let undoubled = (b.len() > 2 && b[b.len() - 1] == b[b.len() - 2]).then(|| &stem[..stem.len() - 1]);
+    let with_e = format!("{stem}e");
+    let unlied = (stem == "ly" || stem.ends_with("y")).then(|| format!("{}ie", &stem[..stem.len() - 1]));
+    [Some(stem), undoubled, Some(with_e.as_str()), unlied.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|lemma| ACTIONS.contains(&lemma))
 }
 
 /// Candidate lemma of an `-s` / `-es` / `-ed` / irregular past form.
@@ -428,6 +457,18 @@ const VERBS: &[&str] = &[
     "keep", "take", "give", "get", "put", "see", "tell", "try", "turn", "want", "become", "seem",
 ];
 
+/// Poses and activities: their `-ing` forms are action topics ("a cat jumping").
+const ACTIONS: &[&str] = &[
+    "sit", "stand", "jump", "smile", "fly", "read", "eat", "fight", "run", "walk", "dance", "swim",
+    "sleep", "ride", "play", "sob", "cry", "laugh", "sing", "write", "pour", "chase", "surround",
+    "pose", "sniff", "kiss", "hug", "climb", "meditate", "dream", "surf", "skate", "ski", "kneel",
+    "lie", "crawl", "dive", "fish", "cook", "drink", "shout", "scream", "yell", "roar", "leap",
+    "breach", "hatch", "spin", "kick", "pray", "yawn", "stretch", "squat", "crouch", "bathe",
+    "skateboard", "snowboard", "wrestle", "box", "juggle", "knit", "sew", "bake", "garden",
+    "hike", "jog", "sail", "row", "paddle", "drive", "wink", "kneel", "battle", "charge",
+    "attack", "roll", "rain", "snow", "explode", "erupt", "burn", "melt", "float", "fall",
+];
+
 /// Verbs' irregular past forms (the participles a prompt uses as modifiers of a noun).
 const IRREGULAR_PAST: &[(&str, &str)] = &[
     ("sat", "sit"), ("stood", "stand"), ("held", "hold"), ("wore", "wear"), ("worn", "wear"),
@@ -488,6 +529,12 @@ const PLACEHOLDERS: &[&str] = &[
     "thing", "things", "something", "someone", "somebody", "anything", "everything", "nothing",
     "one", "ones", "other", "others", "image", "picture", "way", "word", "words", "it", "lot",
     "kind", "sort", "type", "bit", "part", "left", "right", "saying", "word", "letters",
+];
+
+/// Media that need no adapter when named alone ("a photo of ...").
+const PLAIN_MEDIA: &[&str] = &[
+    "photo", "photograph", "photography", "picture", "pic", "image", "view", "close-up",
+    "closeup", "portrait", "shot", "snapshot", "scene",
 ];
 
 /// Words that name a position, not a thing, when a preposition introduces them.
@@ -577,7 +624,8 @@ mod tests {
     fn participles_before_nouns_are_modifiers() {
         assert_eq!(texts("a smiling sloth"), ["smiling sloth"]);
         assert_eq!(texts("two violins standing up"), ["violins", "standing up"]);
-        assert_eq!(texts("the cat sits on the mat"), ["cat", "sits", "mat"]);
+        assert_eq!(texts("the cat sits on the mat"), ["cat", "mat"]);
+        assert_eq!(texts("a cat jumping"), ["cat", "jumping"]);
     }
 
     #[test]
