@@ -19,6 +19,16 @@ own SplitMix64, so only the deterministic part can be compared with diffusers).
 Output (tests/fixtures/schedulers/): cases.json (metadata, schedules) and tensors.safetensors
 (`sample`, `model_output` [steps_max, N], `noise` [steps_max, N], `out.<case>` [model calls, N]).
 
+Sampler trajectories (tests/fixtures/schedulers/trajectory.safetensors + trajectory.json): the
+small random-weight SD model of tools/make_sd_fixtures.py (its saved diffusers folder
+tests/fixtures/sd/tiny-diffusers: CLIP vocabulary 256, hidden 24; UNet 2 levels; VAE factor 2)
+run through diffusers' StableDiffusionPipeline with fixed initial latents [2, 4, 8, 8]
+(16x16 images), fixed token ids (< 256, as that CLIP's vocabulary is tiny) encoded by the
+pipeline's own text encoder, guidance 5 (one batched [uncond, cond] UNet call per step); the
+latents after every step (callback_on_step_end) and the final images (output_type "np") are
+recorded. Cases: DDIM 4 steps with clip skip 1; DPM++ 2M Karras 3 steps with clip skip 2
+(diffusers `clip_skip=1`: hidden_states[-2] + final_layer_norm).
+
 Recreate the virtualenv:  python3 -m venv /work/venv && /work/venv/bin/pip install torch diffusers
 transformers safetensors   (used: torch 2.15, diffusers 0.42.1)
 Run:  /work/venv/bin/python tools/make_scheduler_fixtures.py
@@ -31,13 +41,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
 )
 from safetensors.torch import save_file
+from transformers import CLIPTextModel
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/stylus-diffusion/tests/fixtures/schedulers"
@@ -132,6 +146,84 @@ def main():
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     save_file(tensors, str(OUT / "tensors.safetensors"))
     print(f"{len(cases)} cases written to {OUT}")
+    write_trajectories()
+
+
+TINY = ROOT / "crates/stylus-diffusion/tests/fixtures/sd/tiny-diffusers"
+# Token ids per chunk (BOS 254 / EOS 255 in the tiny CLIP's config), padded with EOS to 77.
+COND_IDS = [254, 17, 42, 99, 3, 128, 7, 255]
+UNCOND_IDS = [254, 200, 31, 255]
+TRAJECTORIES = [
+    # name, scheduler, extra config, steps, clip skip (A1111 numbering)
+    ("ddim_4", "ddim", DDIMScheduler, {}, 4, 1),
+    ("dpmpp_2m_karras_3", "dpmpp_2m_karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, 3, 2),
+]
+
+
+def padded(ids):
+    return torch.tensor([ids + [255] * (77 - len(ids))], dtype=torch.int64)
+
+
+def write_trajectories():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(TINY / "unet", torch_dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(TINY / "vae", torch_dtype=torch.float32, variant="fp16").eval()
+    text_encoder = CLIPTextModel.from_pretrained(TINY / "text_encoder", torch_dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(7)
+    latents = torch.randn((2, 4, 8, 8), generator=gen)
+    tensors = {
+        "latents": latents.contiguous(),
+        "cond_ids": padded(COND_IDS)[0].contiguous(),
+        "uncond_ids": padded(UNCOND_IDS)[0].contiguous(),
+    }
+    meta = []
+    for name, ours, cls, extra, steps, clip_skip in TRAJECTORIES:
+        config = {k: v for k, v in SD15.items() if k in inspect.signature(cls.__init__).parameters}
+        scheduler = cls(**config, **extra)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=None,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        with torch.no_grad():
+            embeds = []
+            for ids in (COND_IDS, UNCOND_IDS):
+                out = text_encoder(input_ids=padded(ids), output_hidden_states=True)
+                if clip_skip == 1:
+                    hidden = out.last_hidden_state
+                else:
+                    # transformers >= 5 flattened `text_model` away (diffusers still names it).
+                    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+                    hidden = final_norm(out.hidden_states[-clip_skip])
+                embeds.append(hidden.repeat(2, 1, 1))
+            steps_seen = []
+
+            def record(pipeline, step, timestep, callback_kwargs):
+                steps_seen.append(callback_kwargs["latents"].clone())
+                return callback_kwargs
+
+            images = pipe(
+                prompt_embeds=embeds[0],
+                negative_prompt_embeds=embeds[1],
+                latents=latents.clone(),
+                height=16,
+                width=16,
+                num_inference_steps=steps,
+                guidance_scale=5.0,
+                output_type="np",
+                callback_on_step_end=record,
+            ).images
+        tensors[f"{name}.steps"] = torch.stack(steps_seen).contiguous()
+        tensors[f"{name}.images"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        meta.append({"name": name, "scheduler": ours, "steps": steps, "clip_skip": clip_skip, "guidance_scale": 5.0})
+    save_file(tensors, str(OUT / "trajectory.safetensors"))
+    (OUT / "trajectory.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"{len(meta)} trajectories written to {OUT}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ pub mod lora;
 pub mod models;
 pub mod png;
 pub mod prompt_weights;
+pub mod sampler;
 pub mod schedulers;
 
 pub use checkpoint::{Component, ComponentReport, LoadReport, SdConfig, StableDiffusion};

@@ -1,0 +1,568 @@
+//! Text-to-image sampling with classifier-free guidance: [`SdSampler`] implements
+//! stylus-core's [`Sampler`] on a [`StableDiffusion`] model that a merger may change between
+//! jobs.
+//!
+//! One job: the prompt and the negative prompt go through A1111's emphasis and chunking
+//! ([`crate::prompt_weights`]) and the text encoder; each step runs the UNet ONCE on the batch
+//! `[uncond x batch, cond x batch]` (diffusers' order) and combines
+//! `uncond + scale * (cond - uncond)`; the scheduler ([`crate::schedulers`]) advances the latents
+//! on the host; the VAE decodes `latents / scaling_factor` and the result becomes 8-bit RGB like
+//! diffusers' `numpy_to_pil` (`round(clamp(x / 2 + 0.5, 0, 1) * 255)`).
+//!
+//! Randomness: image `i` of a request draws its initial latents, then any ancestral noise, from
+//! `SplitMix64::new(seed + i)`, so an image does not depend on the batch it was rendered in.
+//! Initial latents may come from a safetensors file instead (one f32 tensor `latents`
+//! `[n, 4, h, w]`; the job takes rows `first_image..first_image + batch`), and they are scaled by
+//! the scheduler's `init_noise_sigma` exactly as diffusers scales the `latents` argument.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use stylus_core::rng::SplitMix64;
+use stylus_core::{GeneratedImage, Result, SampleJob, Sampler, StylusError};
+
+use crate::checkpoint::StableDiffusion;
+use crate::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use crate::prompt_weights::{PromptChunk, apply_emphasis, prompt_chunks};
+use crate::schedulers::{ScheduleConfig, Scheduler, scheduler_by_name};
+
+/// The tensor name in latents files.
+pub const LATENTS_KEY: &str = "latents";
+
+/// Text-encoder outputs for one CFG pair, each `[tokens, width]` row-major on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptPair {
+    /// The negative prompt's conditioning.
+    pub uncond: Vec<f32>,
+    /// The prompt's conditioning.
+    pub cond: Vec<f32>,
+    /// Sequence length: 77 per chunk.
+    pub tokens: usize,
+    /// Hidden size of the text encoder.
+    pub width: usize,
+}
+
+/// The shape of a latent batch `[batch, channels, height, width]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl LatentShape {
+    /// Values per image.
+    pub fn per_image(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Values in the batch.
+    pub fn len(&self) -> usize {
+        self.batch * self.per_image()
+    }
+
+    /// Whether the batch holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn dims(&self, batch: usize) -> [usize; 4] {
+        [batch, self.channels, self.height, self.width]
+    }
+}
+
+/// Where sampling is, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplingProgress {
+    /// Index in the request of the job's first image.
+    pub first_image: usize,
+    /// Images in the job.
+    pub batch: usize,
+    /// Model evaluations done.
+    pub step: usize,
+    /// Model evaluations in total.
+    pub steps: usize,
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(SamplingProgress) + Send + Sync>;
+
+/// txt2img on a shared model.
+pub struct SdSampler<B: Backend> {
+    model: Arc<Mutex<StableDiffusion<B>>>,
+    tokenizer: ClipTokenizer,
+    schedule: ScheduleConfig,
+    device: B::Device,
+    progress: Option<ProgressFn>,
+}
+
+impl<B: Backend> std::fmt::Debug for SdSampler<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdSampler")
+            .field("schedule", &self.schedule)
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> SdSampler<B> {
+    /// A sampler on `model` (shared with the merger) with SD 1.5's noise schedule.
+    pub fn new(
+        model: Arc<Mutex<StableDiffusion<B>>>,
+        tokenizer: ClipTokenizer,
+        device: B::Device,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            schedule: ScheduleConfig::sd15(),
+            device,
+            progress: None,
+        }
+    }
+
+    /// Uses another training noise schedule.
+    pub fn with_schedule(mut self, schedule: ScheduleConfig) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Calls `progress` after every model evaluation.
+    pub fn with_progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, StableDiffusion<B>>> {
+        self.model
+            .lock()
+            .map_err(|_| StylusError::Device("the model lock was poisoned by a panic".into()))
+    }
+}
+
+impl<B: Backend> Sampler for SdSampler<B> {
+    fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
+        let params = &job.sampling;
+        let model = self.lock()?;
+        let factor = vae_scale_factor(&model);
+        let shape = latent_shape(job, factor, model.config.vae.latent_channels)?;
+        let mut scheduler = scheduler_by_name(&params.sampler, &self.schedule, params.steps)?;
+        let pair = encode_prompt_pair(
+            &model,
+            &self.tokenizer,
+            &job.prompt,
+            &job.negative_prompt,
+            params.clip_skip,
+            &self.device,
+        )?;
+        let mut rngs: Vec<SplitMix64> = (0..job.batch)
+            .map(|i| SplitMix64::new(job.seed.wrapping_add((job.first_image + i) as u64)))
+            .collect();
+        let initial = match &job.init_latents {
+            Some(path) => read_latents(path, shape, job.first_image)?,
+            None => gaussian_latents(&mut rngs, shape.per_image()),
+        };
+        let sigma = scheduler.init_noise_sigma();
+        let latents: Vec<f32> = initial
+            .iter()
+            .map(|&v| (f64::from(v) * sigma) as f32)
+            .collect();
+        let steps = scheduler.timesteps().len();
+        let mut on_step = |step: usize, _: &[f32]| {
+            if let Some(progress) = &self.progress {
+                progress(SamplingProgress {
+                    first_image: job.first_image,
+                    batch: job.batch,
+                    step: step + 1,
+                    steps,
+                });
+            }
+        };
+        let latents = denoise(
+            &model,
+            scheduler.as_mut(),
+            &pair,
+            latents,
+            shape,
+            f64::from(params.guidance_scale),
+            &mut rngs,
+            &self.device,
+            &mut on_step,
+        )?;
+        let mut images = Vec::with_capacity(job.batch);
+        for (i, image_latents) in latents.chunks(shape.per_image()).enumerate() {
+            let one = LatentShape { batch: 1, ..shape };
+            let decoded = decode(&model, image_latents, one, &self.device)?;
+            images.push(GeneratedImage {
+                width: params.width,
+                height: params.height,
+                rgb: to_rgb8(&decoded, (shape.height * factor) * (shape.width * factor)),
+                seed: job.seed.wrapping_add((job.first_image + i) as u64),
+                prompt: job.prompt.clone(),
+                negative_prompt: job.negative_prompt.clone(),
+                adapters: Vec::new(),
+                sampling: params.clone(),
+                latents: job.keep_latents.then(|| image_latents.to_vec()),
+            });
+        }
+        Ok(images)
+    }
+}
+
+/// How many pixels one latent covers per side: 2^(VAE levels - 1), 8 for SD 1.x.
+pub fn vae_scale_factor<B: Backend>(model: &StableDiffusion<B>) -> usize {
+    1 << model.config.vae.block_out_channels.len().saturating_sub(1)
+}
+
+fn latent_shape(job: &SampleJob, factor: usize, channels: usize) -> Result<LatentShape> {
+    let params = &job.sampling;
+    let (width, height) = (params.width as usize, params.height as usize);
+    let fits = |side: usize| side > 0 && side.is_multiple_of(8) && side.is_multiple_of(factor);
+    if !fits(width) || !fits(height) {
+        return Err(StylusError::InvalidArgument(format!(
+            "width and height must be positive multiples of 8 (and of the VAE factor {factor}), got {width}x{height}"
+        )));
+    }
+    if job.batch == 0 {
+        return Err(StylusError::InvalidArgument(
+            "batch must be at least 1".into(),
+        ));
+    }
+    if !params.guidance_scale.is_finite() {
+        return Err(StylusError::InvalidArgument(format!(
+            "guidance scale must be finite, got {}",
+            params.guidance_scale
+        )));
+    }
+    Ok(LatentShape {
+        batch: job.batch,
+        channels,
+        height: height / factor,
+        width: width / factor,
+    })
+}
+
+/// N(0, 1) latents, image after image, each from its own stream.
+fn gaussian_latents(rngs: &mut [SplitMix64], per_image: usize) -> Vec<f32> {
+    rngs.iter_mut()
+        .flat_map(|rng| {
+            (0..per_image)
+                .map(|_| rng.normal() as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Encodes the prompt and the negative prompt (A1111 syntax) into one CFG pair; the shorter one
+/// is padded with empty-prompt chunks so both have the same length (A1111's padding).
+pub fn encode_prompt_pair<B: Backend>(
+    model: &StableDiffusion<B>,
+    tokenizer: &ClipTokenizer,
+    prompt: &str,
+    negative_prompt: &str,
+    clip_skip: usize,
+    device: &B::Device,
+) -> Result<PromptPair> {
+    let cond = prompt_chunks(tokenizer, prompt);
+    let uncond = prompt_chunks(tokenizer, negative_prompt);
+    encode_chunk_pair(model, &uncond, &cond, clip_skip, device)
+}
+
+/// Encodes two chunk lists (negative first) in one text-encoder call and applies emphasis.
+pub fn encode_chunk_pair<B: Backend>(
+    model: &StableDiffusion<B>,
+    uncond: &[PromptChunk],
+    cond: &[PromptChunk],
+    clip_skip: usize,
+    device: &B::Device,
+) -> Result<PromptPair> {
+    let count = uncond.len().max(cond.len()).max(1);
+    let pad = |chunks: &[PromptChunk]| {
+        let mut chunks = chunks.to_vec();
+        chunks.resize(count, PromptChunk::empty());
+        chunks
+    };
+    let all: Vec<PromptChunk> = pad(uncond).into_iter().chain(pad(cond)).collect();
+    let vocab = model.config.text_encoder.vocab_size;
+    let mut ids = Vec::with_capacity(all.len() * CONTEXT_LENGTH);
+    for chunk in &all {
+        for &id in &chunk.ids {
+            if id as usize >= vocab {
+                return Err(StylusError::InvalidArgument(format!(
+                    "token id {id} is outside the text encoder's vocabulary ({vocab} tokens): \
+                     the checkpoint's CLIP does not match the CLIP tokenizer"
+                )));
+            }
+            ids.push(i64::from(id));
+        }
+    }
+    let clip_skip = u32::try_from(clip_skip)
+        .map_err(|_| StylusError::InvalidArgument(format!("clip skip {clip_skip} is too large")))?;
+    let ids =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [all.len(), CONTEXT_LENGTH]), device);
+    let hidden = model.text_encoder.encode(ids, clip_skip)?;
+    let [_, _, width] = hidden.dims();
+    let mut values = to_host(hidden)?;
+    for (chunk, output) in all.iter().zip(values.chunks_mut(CONTEXT_LENGTH * width)) {
+        apply_emphasis(output, &chunk.weights, width);
+    }
+    let half = count * CONTEXT_LENGTH * width;
+    let cond = values.split_off(half);
+    Ok(PromptPair {
+        uncond: values,
+        cond,
+        tokens: count * CONTEXT_LENGTH,
+        width,
+    })
+}
+
+/// Runs every step of `scheduler` from `latents` (already scaled by `init_noise_sigma`) and
+/// returns the final latents. `guidance_scale > 1` batches `[uncond, cond]` in one UNet call per
+/// step; otherwise only the prompt is evaluated (as diffusers does). `rngs` (one per image)
+/// supply ancestral noise. `on_step(i, latents)` sees the latents after step `i`.
+#[allow(clippy::too_many_arguments)] // one explicit input per sampling ingredient
+pub fn denoise<B: Backend>(
+    model: &StableDiffusion<B>,
+    scheduler: &mut dyn Scheduler,
+    pair: &PromptPair,
+    mut latents: Vec<f32>,
+    shape: LatentShape,
+    guidance_scale: f64,
+    rngs: &mut [SplitMix64],
+    device: &B::Device,
+    on_step: &mut dyn FnMut(usize, &[f32]),
+) -> Result<Vec<f32>> {
+    if latents.len() != shape.len() || rngs.len() != shape.batch {
+        return Err(StylusError::InvalidArgument(format!(
+            "denoise: {} latent values and {} noise streams for a batch of {:?}",
+            latents.len(),
+            rngs.len(),
+            shape
+        )));
+    }
+    let guided = guidance_scale > 1.0;
+    let context = batch_context(pair, shape.batch, guided, device);
+    let timesteps = scheduler.timesteps().to_vec();
+    for (index, &t) in timesteps.iter().enumerate() {
+        let scale = scheduler.model_input_scale(index);
+        let scaled: Vec<f32> = latents
+            .iter()
+            .map(|&v| (f64::from(v) * scale) as f32)
+            .collect();
+        let input = if guided {
+            [scaled.as_slice(), scaled.as_slice()].concat()
+        } else {
+            scaled
+        };
+        let rows = if guided { 2 * shape.batch } else { shape.batch };
+        let input = Tensor::<B, 4>::from_data(TensorData::new(input, shape.dims(rows)), device);
+        let prediction = to_host(model.unet.forward(input, t as f32, context.clone()))?;
+        let noise_pred: Vec<f32> = if guided {
+            let (uncond, cond) = prediction.split_at(shape.len());
+            uncond
+                .iter()
+                .zip(cond)
+                .map(|(&u, &c)| u + guidance_scale as f32 * (c - u))
+                .collect()
+        } else {
+            prediction
+        };
+        let noise = scheduler
+            .needs_noise()
+            .then(|| gaussian_latents(rngs, shape.per_image()));
+        latents = scheduler.step(index, &noise_pred, &latents, noise.as_deref())?;
+        on_step(index, &latents);
+    }
+    Ok(latents)
+}
+
+/// `[uncond x batch, cond x batch]` (or `cond x batch` without guidance) as a tensor.
+fn batch_context<B: Backend>(
+    pair: &PromptPair,
+    batch: usize,
+    guided: bool,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut values = Vec::with_capacity((1 + usize::from(guided)) * batch * pair.cond.len());
+    if guided {
+        for _ in 0..batch {
+            values.extend_from_slice(&pair.uncond);
+        }
+    }
+    for _ in 0..batch {
+        values.extend_from_slice(&pair.cond);
+    }
+    let rows = values.len() / (pair.tokens * pair.width);
+    Tensor::from_data(
+        TensorData::new(values, [rows, pair.tokens, pair.width]),
+        device,
+    )
+}
+
+/// Decodes latents with the VAE into images in [0, 1], `[batch, 3, H, W]` row-major (diffusers'
+/// `postprocess` before the 8-bit conversion).
+pub fn decode<B: Backend>(
+    model: &StableDiffusion<B>,
+    latents: &[f32],
+    shape: LatentShape,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    let input = Tensor::<B, 4>::from_data(
+        TensorData::new(latents.to_vec(), shape.dims(shape.batch)),
+        device,
+    );
+    let images = to_host(model.vae.decode_latents(input))?;
+    Ok(images
+        .iter()
+        .map(|&x| (x / 2.0 + 0.5).clamp(0.0, 1.0))
+        .collect())
+}
+
+/// Planar `[3, H, W]` floats in [0, 1] to interleaved 8-bit RGB (`round(x * 255)`, half to even
+/// like numpy).
+pub fn to_rgb8(planar: &[f32], pixels: usize) -> Vec<u8> {
+    let mut rgb = vec![0u8; pixels * 3];
+    for channel in 0..3 {
+        for (p, &x) in planar[channel * pixels..(channel + 1) * pixels]
+            .iter()
+            .enumerate()
+        {
+            rgb[p * 3 + channel] = (x * 255.0).round_ties_even() as u8;
+        }
+    }
+    rgb
+}
+
+fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| StylusError::Device(format!("reading a tensor back: {e:?}")))
+}
+
+/// Reads rows `first..first + shape.batch` of the `latents` tensor of a safetensors file.
+pub fn read_latents(path: &Path, shape: LatentShape, first: usize) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| StylusError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let view = tensors.tensor(LATENTS_KEY).map_err(|_| {
+        StylusError::tensor(
+            path,
+            LATENTS_KEY,
+            "missing: a latents file holds one f32 tensor `latents`",
+        )
+    })?;
+    if view.dtype() != safetensors::Dtype::F32 {
+        return Err(StylusError::tensor(
+            path,
+            LATENTS_KEY,
+            format!("dtype {:?}, expected F32", view.dtype()),
+        ));
+    }
+    let dims = view.shape();
+    let expected = [shape.channels, shape.height, shape.width];
+    if dims.len() != 4 || dims[1..] != expected {
+        return Err(StylusError::tensor(
+            path,
+            LATENTS_KEY,
+            format!(
+                "shape {dims:?}, expected [n, {}, {}, {}] for this size",
+                expected[0], expected[1], expected[2]
+            ),
+        ));
+    }
+    if dims[0] < first + shape.batch {
+        return Err(StylusError::tensor(
+            path,
+            LATENTS_KEY,
+            format!(
+                "{} rows, but images {}..{} need them",
+                dims[0],
+                first,
+                first + shape.batch
+            ),
+        ));
+    }
+    let per_image = shape.per_image() * 4;
+    let data = &view.data()[first * per_image..(first + shape.batch) * per_image];
+    let values: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+        return Err(StylusError::tensor(
+            path,
+            LATENTS_KEY,
+            format!("value {bad} is not finite"),
+        ));
+    }
+    Ok(values)
+}
+
+/// Writes latents `[n, c, h, w]` as a safetensors file with one f32 tensor `latents`.
+pub fn write_latents(path: &Path, values: &[f32], dims: [usize; 4]) -> Result<()> {
+    if dims.iter().product::<usize>() != values.len() {
+        return Err(StylusError::InvalidArgument(format!(
+            "{} latent values do not fill a {dims:?} tensor",
+            values.len()
+        )));
+    }
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.to_vec(), &bytes)
+        .map_err(|e| StylusError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let file = safetensors::serialize([(LATENTS_KEY, view)], None).map_err(|e| {
+        StylusError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    std::fs::write(path, file).map_err(|e| StylusError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgb8_rounds_and_interleaves() {
+        // 2 pixels, planar R, G, B; 127.5 rounds to 128, 63.75 to 64.
+        let planar = [0.0, 1.0, 0.5, 0.25, 0.75, 0.2];
+        assert_eq!(to_rgb8(&planar, 2), vec![0, 128, 191, 255, 64, 51]);
+    }
+
+    #[test]
+    fn latents_file_round_trips_and_bad_files_name_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.safetensors");
+        let values: Vec<f32> = (0..2 * 4 * 2 * 3).map(|v| v as f32).collect();
+        write_latents(&path, &values, [2, 4, 2, 3]).unwrap();
+        let shape = LatentShape {
+            batch: 1,
+            channels: 4,
+            height: 2,
+            width: 3,
+        };
+        assert_eq!(
+            read_latents(&path, shape, 1).unwrap(),
+            values[24..].to_vec()
+        );
+        let err = read_latents(&path, LatentShape { batch: 2, ..shape }, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("latents") && err.contains("2 rows"), "{err}");
+        let err = read_latents(&path, LatentShape { width: 4, ..shape }, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shape"), "{err}");
+    }
+}
