@@ -1,5 +1,6 @@
 //! Stylus composer: stages 3 and 4 of Stylus.
 //!
+//! - [`local`]: [`LocalComposer`], the offline deterministic composer;
 //! - [`segment`]: cuts a prompt into keyword topics (rule-based, offline);
 //! - [`masker`]: the paper's mask strategies (`all`, `one_hot_loras`, `one_hot_concepts`);
 //! - [`segmentation_eval`]: our topics against the reference composer's (PartiPrompts).
@@ -7,10 +8,12 @@
 //! Weights and prompts are built by `stylus_core::WeightPolicy` and `stylus_core::PromptBuilder`.
 
 pub mod llm;
+pub mod local;
 pub mod masker;
 pub mod segment;
 pub mod segmentation_eval;
 
+pub use local::{DEFAULT_MIN_SCORE, LocalComposer};
 pub use masker::{MAX_ENUMERATED_MASKS, StrategyMasker};
 pub use segment::{Segment, SegmentKind, segment};
 pub use segmentation_eval::{
