@@ -10,3 +10,4 @@ pub mod lexical;
 pub mod lora_folder;
 pub mod openai_embedder;
 pub mod store;
+pub mod vlm_refiner;
