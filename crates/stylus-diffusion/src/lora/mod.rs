@@ -10,12 +10,14 @@
 //! - [`base_model`]: refusing adapters for SDXL / SD 2 / DiT models.
 //! - [`delta`]: the f32 math per algorithm.
 //! - [`merge`]: a weighted adapter set applied to base weights, target by target.
+//! - [`merger`]: [`LoraMerger`], the non-destructive `stylus_core::Merger` over burn models.
 
 pub mod adapter;
 pub mod base_model;
 pub mod delta;
 pub mod file;
 pub mod merge;
+pub mod merger;
 pub mod parse;
 pub mod targets;
 
@@ -23,5 +25,6 @@ pub use adapter::{AdapterKind, AdapterModule, Dora, DoraAxis, Factor, KronFactor
 pub use base_model::{BaseModelGuess, check_base_model, guess_base_model};
 pub use file::TensorFile;
 pub use merge::{MergedWeight, ScaledAdapter, merge_targets};
+pub use merger::{ActiveModels, AdapterStrength, LoraMerger};
 pub use parse::{ParseOptions, load_adapter, parse_adapter};
 pub use targets::{LayerKind, Network, TargetModule, TargetTable};

@@ -229,11 +229,17 @@ pub fn parse_adapter(
             unmatched.push((*name).to_string());
             continue;
         };
-        if style != SuffixStyle::Kohya && module.alpha.is_none() {
-            if let Some(alpha) = peft_alphas.alpha_for(target) {
-                module.alpha = Some(alpha);
-                module.scale = peft_alphas.scale(alpha, module.rank.unwrap_or(1));
-            }
+        if style != SuffixStyle::Kohya
+            && module.alpha.is_none()
+            && let Some((alpha, rslora)) = peft_alphas.alpha_for(target)
+        {
+            let rank = module.rank.unwrap_or(1) as f32;
+            module.alpha = Some(alpha);
+            module.scale = if rslora {
+                alpha / rank.sqrt()
+            } else {
+                alpha / rank
+            };
         }
         modules.push(module);
     }
@@ -452,10 +458,10 @@ impl ModuleReader<'_> {
             return Ok(None);
         };
         // `.weight` only means IA^3 next to `.on_input`.
-        if algorithm != "ia3" {
-            if let Some((key, _)) = self.roles.get(&Role::Ia3Weight) {
-                unknown_keys.push((*key).to_string());
-            }
+        if algorithm != "ia3"
+            && let Some((key, _)) = self.roles.get(&Role::Ia3Weight)
+        {
+            unknown_keys.push((*key).to_string());
         }
         let (kind, rank) = match algorithm {
             "lora" => self.read_lora()?,
@@ -749,14 +755,14 @@ impl ModuleReader<'_> {
             return Err(self.shape_error("diff", &diff.shape, "the same shape".into()));
         }
         let diff_b = self.factor(Role::DiffB)?;
-        if let Some(bias) = &diff_b {
-            if !self.target.has_bias || bias.numel() != self.target.out_features() {
-                return Err(self.shape_error(
-                    "diff_b",
-                    &bias.shape,
-                    "a bias of the output size".into(),
-                ));
-            }
+        if let Some(bias) = &diff_b
+            && (!self.target.has_bias || bias.numel() != self.target.out_features())
+        {
+            return Err(self.shape_error(
+                "diff_b",
+                &bias.shape,
+                "a bias of the output size".into(),
+            ));
         }
         Ok((AdapterKind::Full { diff, diff_b }, None))
     }
@@ -798,8 +804,18 @@ pub(crate) fn kron_dims(factor: &KronFactor) -> (usize, usize) {
 /// (`{"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {...}, "text_encoder.*": ...}`).
 #[derive(Debug, Default)]
 struct PeftAlphas {
-    /// Per network prefix (`unet`, `text_encoder`): default alpha, per-module patterns, rsLoRA.
-    networks: BTreeMap<String, (Option<f32>, Vec<(String, f32)>, bool)>,
+    /// Per network prefix (`unet`, `text_encoder`).
+    networks: BTreeMap<String, PeftNetworkAlphas>,
+}
+
+/// The alpha settings of one network's PEFT config.
+#[derive(Debug, Default)]
+struct PeftNetworkAlphas {
+    lora_alpha: Option<f32>,
+    /// `(module name pattern, alpha)`.
+    alpha_pattern: Vec<(String, f32)>,
+    /// rsLoRA: scale alpha / sqrt(r).
+    use_rslora: bool,
 }
 
 impl PeftAlphas {
@@ -812,62 +828,45 @@ impl PeftAlphas {
             line: None,
             message: format!("metadata `lora_adapter_metadata`: {e}"),
         })?;
-        let mut networks: BTreeMap<String, (Option<f32>, Vec<(String, f32)>, bool)> =
-            BTreeMap::new();
-        if let Some(object) = json.as_object() {
-            for (key, value) in object {
-                let Some((prefix, field)) = key.split_once('.') else {
-                    continue;
-                };
-                let entry = networks.entry(prefix.to_string()).or_default();
-                match field {
-                    "lora_alpha" => entry.0 = value.as_f64().map(|v| v as f32),
-                    "alpha_pattern" => {
-                        if let Some(patterns) = value.as_object() {
-                            entry.1 = patterns
-                                .iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
-                                .collect();
-                        }
-                    }
-                    "use_rslora" => entry.2 = value.as_bool().unwrap_or(false),
-                    _ => {}
+        let mut networks: BTreeMap<String, PeftNetworkAlphas> = BTreeMap::new();
+        for (key, value) in json.as_object().into_iter().flatten() {
+            let Some((prefix, field)) = key.split_once('.') else {
+                continue;
+            };
+            let entry = networks.entry(prefix.to_string()).or_default();
+            match field {
+                "lora_alpha" => entry.lora_alpha = value.as_f64().map(|v| v as f32),
+                "alpha_pattern" => {
+                    entry.alpha_pattern = value
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
+                        .collect();
                 }
+                "use_rslora" => entry.use_rslora = value.as_bool().unwrap_or(false),
+                _ => {}
             }
         }
         Ok(Self { networks })
     }
 
-    fn network_for(
-        &self,
-        target: &TargetModule,
-    ) -> Option<&(Option<f32>, Vec<(String, f32)>, bool)> {
+    /// The alpha PEFT would use for `target` (a matching `alpha_pattern` entry, PEFT matches
+    /// `(.*\.)?<pattern>$`, else `lora_alpha`) and whether rsLoRA scaling applies.
+    fn alpha_for(&self, target: &TargetModule) -> Option<(f32, bool)> {
         let prefix = match target.network {
             super::targets::Network::Unet => "unet",
             super::targets::Network::TextEncoder => "text_encoder",
         };
-        self.networks.get(prefix)
-    }
-
-    /// The alpha PEFT would use for `target`: a matching `alpha_pattern` entry (PEFT matches
-    /// `(.*\.)?<pattern>$`), else `lora_alpha`.
-    fn alpha_for(&self, target: &TargetModule) -> Option<f32> {
-        let (default, patterns, _) = self.network_for(target)?;
-        patterns
+        let network = self.networks.get(prefix)?;
+        let alpha = network
+            .alpha_pattern
             .iter()
             .find(|(pattern, _)| {
                 target.id == *pattern || target.id.ends_with(&format!(".{pattern}"))
             })
             .map(|(_, alpha)| *alpha)
-            .or(*default)
-    }
-
-    fn scale(&self, alpha: f32, rank: usize) -> f32 {
-        let rslora = self.networks.values().any(|(_, _, rs)| *rs);
-        if rslora {
-            alpha / (rank as f32).sqrt()
-        } else {
-            alpha / rank as f32
-        }
+            .or(network.lora_alpha)?;
+        Some((alpha, network.use_rslora))
     }
 }
