@@ -1,3 +1,14 @@
-//! stylus-refiner
+//! stylus-refiner: the offline half of Stylus. It reads adapter model cards (Civitai JSON, local
+//! LoRA folders), filters them as the paper does, refines them into documents (description,
+//! recommended weight, category), embeds them and writes the StylusDocs store.
 
 pub mod bert;
+pub mod card_refiner;
+pub mod civitai;
+pub mod filters;
+pub mod html;
+pub mod lexical;
+pub mod lora_folder;
+pub mod openai_embedder;
+pub mod store;
+pub mod vlm_refiner;
