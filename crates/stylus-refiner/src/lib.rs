@@ -3,6 +3,7 @@
 //! recommended weight, category), embeds them and writes the StylusDocs store.
 
 pub mod bert;
+pub mod bundled;
 pub mod card_refiner;
 pub mod civitai;
 pub mod filters;
