@@ -1,8 +1,22 @@
 //! `stylus index`: catalog -> refined, embedded StylusDocs store.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use stylus_core::{StylusConfig, StylusError};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use stylus_core::openai::{OpenAiClient, OpenAiConfig};
+use stylus_core::{AdapterCard, Embedder, StylusConfig, StylusError};
+use stylus_refiner::bert::{BertEmbedder, CpuBackend, default_minilm_dir};
+use stylus_refiner::card_refiner::CardRefiner;
+use stylus_refiner::civitai::{CatalogRead, read_civitai_paths};
+use stylus_refiner::filters::CardFilter;
+use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
+use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
+use stylus_refiner::lora_folder::read_lora_folder;
+use stylus_refiner::openai_embedder::OpenAiEmbedder;
+use stylus_refiner::store::{MANIFEST_FILE, NewStore, StylusDocs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,6 +38,214 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(_args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
-    super::not_implemented("stylus index")
+/// The run's summary (`--json` prints the first five fields).
+#[derive(Debug, Serialize)]
+struct Summary {
+    cards_read: usize,
+    kept: usize,
+    skipped: BTreeMap<String, usize>,
+    malformed: usize,
+    seconds: f64,
+    #[serde(skip)]
+    malformed_messages: Vec<String>,
+    #[serde(skip)]
+    counts: RefreshCounts,
+    #[serde(skip)]
+    embedder_id: String,
+}
+
+pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+    if args.civitai.is_empty() && args.lora_dir.is_none() {
+        return Err(StylusError::InvalidArgument(
+            "nothing to index: give --civitai <file|dir> and/or --lora-dir <dir>".into(),
+        ));
+    }
+    let start = Instant::now();
+    let mut read = read_civitai_paths(&args.civitai);
+    if let Some(dir) = &args.lora_dir {
+        read.extend(read_lora_folder(dir));
+    }
+    let CatalogRead {
+        entries,
+        malformed,
+        items_read,
+    } = read;
+    for err in &malformed {
+        tracing::warn!("{err}");
+    }
+    let filtered = CardFilter::new(&config.catalog).apply(entries);
+    let cards: Vec<AdapterCard> = filtered.kept.into_iter().map(|e| e.card).collect();
+
+    let previous = open_previous(&args.out);
+    let refiner = CardRefiner::default();
+    let mut counts = RefreshCounts::default();
+    let runtime = super::runtime()?;
+    let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
+        let bar = progress_bar(cards.len(), "refining");
+        let docs = refine_cards(&cards, &refiner, previous.as_ref(), &mut counts, &|n| {
+            bar.set_position(n as u64)
+        })
+        .await?;
+        bar.finish_and_clear();
+
+        let texts: Vec<&str> = docs.iter().map(|d| d.embedding_text.as_str()).collect();
+        let (embedder, extra_files) = make_embedder(&args.embedder, &texts).await?;
+        let bar = progress_bar(docs.len(), "embedding");
+        let vectors = embed_docs(
+            &docs,
+            embedder.as_ref(),
+            previous.as_ref(),
+            &mut counts,
+            &|n| bar.set_position(n as u64),
+        )
+        .await?;
+        bar.finish_and_clear();
+        Ok::<_, StylusError>((docs, vectors, embedder.id(), embedder.dim(), extra_files))
+    })?;
+    let kept = docs.len();
+    StylusDocs::write(
+        &args.out,
+        NewStore {
+            embedder_id: embedder_id.clone(),
+            dim,
+            docs,
+            vectors,
+            extra_files,
+        },
+    )?;
+
+    let summary = Summary {
+        cards_read: items_read,
+        kept,
+        skipped: filtered
+            .skipped
+            .iter()
+            .map(|(reason, n)| (reason.as_str().to_string(), *n))
+            .collect(),
+        malformed: malformed.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        malformed_messages: malformed.iter().map(ToString::to_string).collect(),
+        counts,
+        embedder_id,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("the summary always serializes")
+        );
+    } else {
+        print_summary(&summary, &args.out);
+    }
+    Ok(())
+}
+
+/// The store already at `out`, for an incremental refresh; a broken one is rebuilt from scratch.
+fn open_previous(out: &Path) -> Option<StylusDocs> {
+    if !out.join(MANIFEST_FILE).is_file() {
+        return None;
+    }
+    match StylusDocs::open(out) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            tracing::warn!("ignoring the existing store, rebuilding it: {err}");
+            None
+        }
+    }
+}
+
+/// The embedder named by `--embedder`, with the files it stores next to the vectors.
+async fn make_embedder(
+    spec: &str,
+    texts: &[&str],
+) -> Result<(Box<dyn Embedder>, Vec<stylus_refiner::store::ExtraFile>), StylusError> {
+    let (kind, arg) = match spec.split_once(':') {
+        Some((kind, arg)) => (kind, Some(arg)),
+        None => (spec, None),
+    };
+    match kind {
+        "lexical" => {
+            let dim = match arg {
+                Some(dim) => dim.parse().map_err(|_| {
+                    StylusError::InvalidArgument(format!("--embedder lexical:{dim}: not a number"))
+                })?,
+                None => DEFAULT_DIM,
+            };
+            // The IDF table is fitted on this corpus and stored with it.
+            let embedder = LexicalEmbedder::fit(texts, dim)?;
+            let files = vec![embedder.store_file()];
+            Ok((Box::new(embedder), files))
+        }
+        "bert" => {
+            let embedder = match arg {
+                Some(location) => BertEmbedder::<CpuBackend>::open(location)?,
+                None => {
+                    let dir = default_minilm_dir().ok_or_else(|| {
+                        StylusError::InvalidArgument(
+                            "--embedder bert: no model directory; give bert:DIR or set \
+                             STYLUS_MINILM_DIR"
+                                .into(),
+                        )
+                    })?;
+                    BertEmbedder::<CpuBackend>::from_dir(dir)?
+                }
+            };
+            Ok((Box::new(embedder), Vec::new()))
+        }
+        "openai" => {
+            // Base URL from OPENAI_BASE_URL (any OpenAI-compatible server), key from
+            // OPENAI_API_KEY; the model is `openai:<model>`.
+            let mut config = OpenAiConfig {
+                model: arg.unwrap_or("text-embedding-3-small").to_string(),
+                ..OpenAiConfig::default()
+            };
+            if let Ok(base_url) = std::env::var("OPENAI_BASE_URL") {
+                config.base_url = base_url;
+            }
+            let client = OpenAiClient::new(config)?;
+            let embedder =
+                OpenAiEmbedder::probe(client, OpenAiEmbedder::DEFAULT_BATCH_SIZE).await?;
+            Ok((Box::new(embedder), Vec::new()))
+        }
+        other => Err(StylusError::InvalidArgument(format!(
+            "--embedder {other}: expected lexical[:DIM], bert[:DIR] or openai[:MODEL]"
+        ))),
+    }
+}
+
+fn progress_bar(len: usize, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what);
+    bar
+}
+
+fn print_summary(summary: &Summary, out: &Path) {
+    println!("cards read:   {}", summary.cards_read);
+    println!("kept:         {}", summary.kept);
+    for (reason, n) in &summary.skipped {
+        println!("skipped:      {n:>6}  {reason}");
+    }
+    println!("malformed:    {}", summary.malformed);
+    for message in summary.malformed_messages.iter().take(20) {
+        println!("  {message}");
+    }
+    if summary.malformed_messages.len() > 20 {
+        println!("  ... and {} more", summary.malformed_messages.len() - 20);
+    }
+    let c = &summary.counts;
+    println!(
+        "docs written: {} to {} (refined {}, reused {}; embedded {}, reused {}; embedder {})",
+        summary.kept,
+        out.display(),
+        c.docs_refined,
+        c.docs_reused,
+        c.vectors_embedded,
+        c.vectors_reused,
+        summary.embedder_id
+    );
+    println!("time:         {:.2} s", summary.seconds);
 }

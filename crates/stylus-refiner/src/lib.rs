@@ -8,6 +8,7 @@ pub mod card_refiner;
 pub mod civitai;
 pub mod filters;
 pub mod html;
+pub mod indexer;
 pub mod lexical;
 pub mod lora_folder;
 pub mod openai_embedder;
