@@ -348,8 +348,8 @@ pub fn parse_reply(reply: &Value) -> std::result::Result<Vec<ReplyTopic>, String
 ///   split at anything that is not a letter or digit), is a word of the prompt; other topics,
 ///   empty ones and repeats are dropped with their adapters;
 /// - an adapter entry must be an index into `candidates`, used once over the whole composition;
-/// - characters and celebrities are dropped unless the prompt names them (when
-///   `rules.block_characters`);
+/// - characters, celebrities and real people are dropped unless the prompt names them or asks
+///   for a character or celebrity in so many words (when `rules.block_characters`);
 /// - at most `rules.max_adapters_per_topic` per topic and `rules.max_style_adapters` style
 ///   adapters in all, the model's order deciding which stay.
 ///
@@ -412,8 +412,8 @@ pub fn repair(
             let reason = if used.contains(&index) {
                 Some(RepairReason::DuplicateAdapter)
             } else if rules.block_characters
-                && doc.category.is_person()
-                && !prompt_names(&prompt_sequence, doc)
+                && is_person(doc)
+                && !asks_for_a_person(&prompt_sequence, doc)
             {
                 Some(RepairReason::PersonNotAsked)
             } else if adapters.len() >= rules.max_adapters_per_topic {
@@ -492,10 +492,30 @@ fn locate(
     (first, model_text.trim().to_string())
 }
 
-/// True when the prompt names this character or person: one of its trigger words, or the name
-/// part of its title (before any `|`, `(`, `[`, `-`, `:` or `,`, without words like "LoRA" or
-/// version numbers), appears in the prompt as a run of words.
-fn prompt_names(prompt_sequence: &[&str], doc: &AdapterDoc) -> bool {
+/// Characters, celebrities, and cards Civitai flags as a real person.
+fn is_person(doc: &AdapterDoc) -> bool {
+    doc.category.is_person() || doc.card.poi
+}
+
+/// Words with which a prompt asks for some character or person without naming one (the local
+/// composer accepts the same words).
+const PERSON_WORDS: [&str; 6] = [
+    "character",
+    "characters",
+    "celebrity",
+    "celebrities",
+    "cosplay",
+    "cosplayer",
+];
+
+/// True when the prompt asks for this character or person: it uses one of [`PERSON_WORDS`], or
+/// names the adapter: one of its trigger words, or the name part of its title (before any `|`,
+/// `(`, `[`, `-`, `:` or `,`, without words like "LoRA" or version numbers), appears in the
+/// prompt as a run of words.
+fn asks_for_a_person(prompt_sequence: &[&str], doc: &AdapterDoc) -> bool {
+    if prompt_sequence.iter().any(|w| PERSON_WORDS.contains(w)) {
+        return true;
+    }
     let contains_run = |run: &[String]| {
         !run.is_empty()
             && prompt_sequence

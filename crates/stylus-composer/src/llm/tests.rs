@@ -302,6 +302,28 @@ fn characters_and_celebrities_only_when_the_prompt_names_them() {
         0
     );
 
+    // Asking for a character or celebrity in so many words lets the model pick one.
+    let prompt = "a famous celebrity on a red carpet";
+    let topics = vec![topic("a famous celebrity", json!([6]))];
+    assert_eq!(
+        repair(prompt, &candidates(), &topics, &rules)
+            .composition
+            .adapter_count(),
+        1
+    );
+
+    // Civitai's real-person flag counts as a person whatever the category.
+    let mut flagged = candidates();
+    let mut doc = (*flagged[3].doc).clone();
+    doc.card.poi = true;
+    flagged[3] = Candidate {
+        doc: Arc::new(doc),
+        score: 0.5,
+    };
+    let topics = vec![topic("a man", json!([3]))];
+    let repaired = repair(PROMPT, &flagged, &topics, &rules);
+    assert_eq!(reasons(&repaired), vec![RepairReason::PersonNotAsked]);
+
     // With the rule off, they pass.
     let open = ComposerConfig {
         block_characters: false,
