@@ -34,7 +34,7 @@ CARDS = REPO.parent / "shared/data/civitai/civitai_lora_sfw_2023-07_part1.jsonl"
 OUT = REPO / "crates/stylus-refiner/tests/fixtures/bert/minilm_cards.safetensors"
 NUM_CARDS = 120
 NUM_CLS = 24
-DESCRIPTION_CHARS = 1500
+DESCRIPTION_CHARS = 500
 
 TAG = re.compile(r"<[^>]*>")
 SPACES = re.compile(r"[ \t\n\r]+")
@@ -43,7 +43,7 @@ SPACES = re.compile(r"[ \t\n\r]+")
 def card_text(card: dict) -> str:
     """`{name}. {tags joined by ", "}. {description}`: the description with every `<...>` tag
     replaced by a space, runs of space/tab/CR/LF collapsed to one space, leading and trailing
-    spaces removed, cut to its first 1500 characters (code points). Missing tags or description
+    spaces removed, cut to its first 500 characters (code points). Missing tags or description
     count as empty."""
     description = SPACES.sub(" ", TAG.sub(" ", card.get("description") or "")).strip(" ")
     tags = ", ".join(card.get("tags") or [])

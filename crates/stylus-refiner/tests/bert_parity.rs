@@ -72,7 +72,7 @@ fn load_fixture() -> Fixture {
 
 /// The card text rule of tools/make_bert_fixture.py (`card_text`): `{name}. {tags}. {description}`
 /// with HTML tags replaced by spaces, space/tab/CR/LF runs collapsed, outer spaces trimmed, and the
-/// description cut to 1500 characters.
+/// description cut to 500 characters.
 fn card_texts(ids: &[i64]) -> Vec<String> {
     let tag = Regex::new(r"<[^>]*>").unwrap();
     let spaces = Regex::new(r"[ \t\n\r]+").unwrap();
@@ -83,7 +83,7 @@ fn card_texts(ids: &[i64]) -> Vec<String> {
         let description = card["description"].as_str().unwrap_or_default();
         let without_tags = tag.replace_all(description, " ");
         let description = spaces.replace_all(&without_tags, " ");
-        let description: String = description.trim_matches(' ').chars().take(1500).collect();
+        let description: String = description.trim_matches(' ').chars().take(500).collect();
         let tags: Vec<&str> = card["tags"]
             .as_array()
             .map(|tags| tags.iter().map(|t| t.as_str().unwrap()).collect())
