@@ -10,6 +10,7 @@ pub mod filters;
 pub mod html;
 pub mod indexer;
 pub mod lexical;
+pub mod locator;
 pub mod lora_folder;
 pub mod openai_embedder;
 pub mod store;

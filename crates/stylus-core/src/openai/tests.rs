@@ -234,6 +234,23 @@ async fn server_errors_forever_give_up_after_bounded_retries() {
 }
 
 #[tokio::test]
+async fn request_timeout_408_and_every_5xx_are_retried() {
+    let server = StubServer::sequence(vec![
+        StubReply::error(408, "request timeout"),
+        StubReply::error(502, "bad gateway"),
+        StubReply::error(503, "unavailable"),
+        StubReply::chat("{\"a\": 8}"),
+    ])
+    .await;
+    let client = OpenAiClient::new(config(&server)).unwrap();
+    assert_eq!(
+        client.chat(&schema_request()).await.unwrap().content,
+        "{\"a\": 8}"
+    );
+    assert_eq!(server.request_count(), 4);
+}
+
+#[tokio::test]
 async fn client_errors_other_than_429_and_408_are_not_retried() {
     let server = StubServer::sequence(vec![StubReply::error(401, "bad key")]).await;
     let client = OpenAiClient::new(config(&server)).unwrap();
