@@ -16,7 +16,12 @@ use stylus_core::{StylusConfig, StylusError};
 /// Give it a prompt; it finds matching adapters in a catalog of Civitai LoRAs, splits the prompt
 /// into topics, assigns adapters to them and renders images with the adapters merged in.
 #[derive(Debug, Parser)]
-#[command(name = "stylus", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "stylus",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Configuration file (TOML); defaults are the paper's (top-K 150, <= 3 adapters per topic, ...).
     #[arg(long, global = true, value_name = "FILE", env = "STYLUS_CONFIG")]
@@ -46,6 +51,8 @@ enum Command {
     Info(commands::info::Args),
     /// Evaluate retrieval quality or prompt segmentation on a development set.
     Eval(commands::eval::Args),
+    /// Time the SD 1.5 stack on a device (driven by benches/gpu/bench.py).
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +80,7 @@ fn run(cli: Cli) -> Result<(), StylusError> {
         Command::Merge(args) => commands::merge::run(args, &config),
         Command::Info(args) => commands::info::run(args, &config),
         Command::Eval(args) => commands::eval::run(args, &config),
+        Command::Bench(args) => commands::bench::run(args, &config),
     }
 }
 
