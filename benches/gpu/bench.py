@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--config", default="sd15", choices=sorted(CONFIGS))
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--stylus-timeout", type=float, default=1800, help="seconds for `stylus bench`")
     args = ap.parse_args()
 
     cfg = CONFIGS[args.config]
@@ -224,7 +225,12 @@ def main():
            "--inputs", inputs_path, "--save-unet-output", os.path.join(args.out, "stylus_unet_out.safetensors"),
            "--steps", str(args.steps), "--json"] + sum((["--lora", p] for p in lora_paths), [])
     print("running:", " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with open(os.path.join(args.out, "diffusers.json"), "w") as f:
+        json.dump(ref, f, indent=2)  # kept even if our side fails or times out
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.stylus_timeout)
+    except subprocess.TimeoutExpired as e:
+        proc = subprocess.CompletedProcess(cmd, 124, "", f"timed out after {e.timeout} s")
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
         ours = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
