@@ -13,4 +13,6 @@ pub mod prompt_weights;
 pub mod sampler;
 pub mod schedulers;
 
+/// The burn version the networks are built with, so callers name the same tensor types.
+pub use burn;
 pub use checkpoint::{Component, ComponentReport, LoadReport, SdConfig, StableDiffusion};
