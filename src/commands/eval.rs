@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use stylus_core::{StylusConfig, StylusError};
 
+mod retrieval;
+mod segmentation;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -27,6 +30,9 @@ pub struct RetrievalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Skip the MiniLM configurations even when the model is available.
+    #[arg(long)]
+    pub no_bert: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,9 +45,9 @@ pub struct SegmentationArgs {
     pub json: bool,
 }
 
-pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
+pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     match args.what {
-        Eval::Retrieval(_) => super::not_implemented("stylus eval retrieval"),
-        Eval::Segmentation(_) => super::not_implemented("stylus eval segmentation"),
+        Eval::Retrieval(args) => retrieval::run(&args, config),
+        Eval::Segmentation(args) => segmentation::run(&args),
     }
 }

@@ -3,13 +3,17 @@
 //! - [`ExactRetriever`]: brute-force cosine top-K near memory bandwidth; the ground truth.
 //! - [`HnswRetriever`]: an HNSW graph (`hnsw_rs`) with filters applied inside the search,
 //!   persisted next to the StylusDocs store ([`persist`]).
+//! - [`LexicalIndex`] (BM25) and [`HybridRetriever`]: dense + lexical rankings fused by RRF.
+//! - [`eval`]: recall@k / MRR of a ranking against the adapter a prompt was made with.
 //!
 //! Both implement [`stylus_core::Retriever`], are `Send + Sync` and answer batches of queries.
 //! Vectors are L2-normalized, so similarity is the dot product (cosine).
 
+pub mod eval;
 pub mod exact;
 pub mod filter;
 pub mod hnsw;
+pub mod hybrid;
 pub mod lexical;
 pub mod persist;
 pub mod select;
@@ -18,5 +22,7 @@ pub mod vectors;
 
 pub use exact::ExactRetriever;
 pub use hnsw::HnswRetriever;
+pub use hybrid::{FusionConfig, HybridRetriever};
+pub use lexical::{LexicalConfig, LexicalIndex};
 pub use select::Hit;
 pub use vectors::VectorMatrix;
