@@ -1,10 +1,34 @@
 //! `stylus select`: prompt -> topics, adapters, weights, masks, A1111 prompt.
+//!
+//! Builds a `Stylus` pipeline from a StylusDocs store (`--index`) or the bundled default catalog,
+//! with the local or the LLM composer, and prints each plan for humans or as JSON.
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use stylus_core::{StylusConfig, StylusError};
+use stylus_composer::llm::{LlmComposer, LlmComposerConfig};
+use stylus_composer::{LocalComposer, StrategyMasker};
+use stylus_core::openai::{OpenAiClient, OpenAiConfig};
+use stylus_core::{
+    AdapterDoc, Composer, Embedder, MaskStrategy, Retriever, SelectOptions, SelectionPlan, Stylus,
+    StylusConfig, StylusError, format_weight,
+};
+use stylus_refiner::store::StylusDocs;
+use stylus_retriever::persist::MANIFEST;
+use stylus_retriever::{ExactRetriever, HnswRetriever, VectorMatrix};
+
+/// Masks listed in the human output before "... and N more".
+const MASKS_SHOWN: usize = 16;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+LLM composer (--composer llm), an OpenAI-compatible /v1/chat/completions server:
+  STYLUS_LLM_BASE_URL  API root with its version segment (default https://api.openai.com/v1;
+                       Ollama http://localhost:11434/v1, llama.cpp/vLLM http://localhost:8080/v1,
+                       Gemini https://generativelanguage.googleapis.com/v1beta/openai)
+  STYLUS_LLM_MODEL     model name (default gpt-4o-mini)
+  STYLUS_LLM_API_KEY   API key; when unset, OPENAI_API_KEY is used if set, else no key is sent")]
 pub struct Args {
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
@@ -31,6 +55,212 @@ pub struct Args {
     pub prompt: Option<String>,
 }
 
-pub fn run(_args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
-    super::not_implemented("stylus select")
+pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+    let strategy = match &args.masks {
+        Some(name) => name.parse::<MaskStrategy>()?,
+        None => config.masks.strategy,
+    };
+    if args.batch == Some(0) {
+        return Err(StylusError::InvalidArgument(
+            "--batch must be at least 1".into(),
+        ));
+    }
+    let prompts = read_prompts(&args)?;
+    let stylus = build(&args, config, strategy)?;
+    let runtime = super::runtime()?;
+    let options = SelectOptions {
+        batch: args.batch,
+        seed: args.seed,
+    };
+    let mut out = std::io::stdout().lock();
+    for prompt in &prompts {
+        let plan = runtime.block_on(stylus.select_with(prompt, options))?;
+        let written = if args.json || args.prompts.is_some() {
+            let line = serde_json::to_string(&plan).map_err(|e| StylusError::Json {
+                path: "<plan>".into(),
+                line: None,
+                message: e.to_string(),
+            })?;
+            writeln!(out, "{line}")
+        } else {
+            print_plan(&mut out, &plan, strategy)
+        };
+        written.map_err(|e| StylusError::io("<stdout>", e))?;
+    }
+    Ok(())
+}
+
+/// The prompts: one per non-empty line of `--prompts`, or the prompt argument.
+fn read_prompts(args: &Args) -> Result<Vec<String>, StylusError> {
+    match (&args.prompts, &args.prompt) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?;
+            let mut prompts = Vec::new();
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.map_err(|e| StylusError::io(path, e))?;
+                if !line.trim().is_empty() {
+                    prompts.push(line.trim().to_string());
+                }
+            }
+            if prompts.is_empty() {
+                return Err(StylusError::InvalidArgument(format!(
+                    "{}: no prompts in the file",
+                    path.display()
+                )));
+            }
+            Ok(prompts)
+        }
+        (None, Some(prompt)) if !prompt.trim().is_empty() => Ok(vec![prompt.trim().to_string()]),
+        _ => Err(StylusError::InvalidArgument(
+            "give a prompt or --prompts FILE".into(),
+        )),
+    }
+}
+
+/// The pipeline: embedder and retriever from the store or the bundled catalog, the chosen
+/// composer, the masker of `strategy`.
+fn build(
+    args: &Args,
+    config: &StylusConfig,
+    strategy: MaskStrategy,
+) -> Result<Stylus, StylusError> {
+    let (embedder, retriever) = match &args.index {
+        Some(dir) => open_store(dir, config)?,
+        None => bundled()?,
+    };
+    let composer: Arc<dyn Composer> = match args.composer.as_str() {
+        "local" => Arc::new(LocalComposer::new(config.composer.clone())),
+        "llm" => Arc::new(llm_composer(config)?),
+        other => {
+            return Err(StylusError::InvalidArgument(format!(
+                "unknown composer `{other}` (expected local or llm)"
+            )));
+        }
+    };
+    Stylus::builder()
+        .config(config.clone())
+        .embedder(embedder)
+        .retriever(retriever)
+        .composer(composer)
+        .masker(Arc::new(StrategyMasker::new(strategy)))
+        .build()
+}
+
+/// The bundled catalog behind an exact retriever (a few hundred cards: a scan is instant).
+pub(crate) fn bundled() -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+    let catalog = stylus_refiner::bundled::load()?;
+    let dim = catalog.embedder.dim();
+    let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
+    let retriever = ExactRetriever::new(docs, VectorMatrix::new(dim, catalog.vectors)?)?;
+    Ok((Arc::new(catalog.embedder), Arc::new(retriever)))
+}
+
+/// A store with its embedder, searched with its HNSW index when it has one, else exactly.
+fn open_store(
+    dir: &std::path::Path,
+    config: &StylusConfig,
+) -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+    let store = StylusDocs::open(dir)?;
+    let embedder = super::retrieve::store_embedder(&store)?;
+    let embedder_id = store.embedder_id().to_string();
+    let dim = store.dim();
+    let has_index = store.manifest().files.contains_key(MANIFEST);
+    let (docs, vectors) = store.into_parts();
+    let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
+    let vectors = VectorMatrix::new(dim, vectors)?;
+    let retriever: Arc<dyn Retriever> = if has_index {
+        Arc::new(HnswRetriever::load(
+            dir,
+            docs,
+            vectors,
+            &embedder_id,
+            config.retriever.hnsw,
+        )?)
+    } else {
+        Arc::new(ExactRetriever::new(docs, vectors)?)
+    };
+    Ok((embedder, retriever))
+}
+
+/// The LLM composer configured from the environment (see `--help`).
+fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let defaults = OpenAiConfig::default();
+    let api_key_env = ["STYLUS_LLM_API_KEY", "OPENAI_API_KEY"]
+        .into_iter()
+        .find(|name| var(name).is_some())
+        .map(str::to_string);
+    let client = OpenAiClient::new(OpenAiConfig {
+        base_url: var("STYLUS_LLM_BASE_URL").unwrap_or(defaults.base_url.clone()),
+        model: var("STYLUS_LLM_MODEL").unwrap_or(defaults.model.clone()),
+        api_key_env,
+        ..defaults
+    })?;
+    Ok(LlmComposer::new(
+        client,
+        LlmComposerConfig {
+            rules: config.composer.clone(),
+            ..LlmComposerConfig::default()
+        },
+    ))
+}
+
+/// The plan for people: topics in prompt order with their adapters, the masks, the A1111 prompt.
+fn print_plan(
+    out: &mut impl Write,
+    plan: &SelectionPlan,
+    strategy: MaskStrategy,
+) -> std::io::Result<()> {
+    writeln!(out, "prompt: {}", plan.prompt)?;
+    writeln!(out, "topics:")?;
+    for (t, topic) in plan.topics.iter().enumerate() {
+        if topic.adapters.is_empty() {
+            writeln!(out, "  {}. {}  (no adapter)", t + 1, topic.text)?;
+            continue;
+        }
+        writeln!(out, "  {}. {}", t + 1, topic.text)?;
+        for a in &topic.adapters {
+            let category = a.category.map_or("-", |c| c.as_str());
+            write!(
+                out,
+                "       {} \"{}\" [{category}] <lora:{}:{}>",
+                a.id,
+                a.title,
+                a.alias,
+                format_weight(a.weight)
+            )?;
+            if !a.trigger_words.is_empty() {
+                write!(out, "  trigger: {}", a.trigger_words.join(", "))?;
+            }
+            writeln!(out)?;
+        }
+    }
+    writeln!(out, "masks ({}, {}):", strategy.as_str(), plan.masks.len())?;
+    for (m, mask) in plan.masks.iter().take(MASKS_SHOWN).enumerate() {
+        let on: Vec<String> = mask
+            .adapters
+            .iter()
+            .map(|a| format!("{}:{}", a.alias, format_weight(a.weight)))
+            .collect();
+        let on = if on.is_empty() {
+            "(none)".to_string()
+        } else {
+            on.join(" ")
+        };
+        writeln!(out, "  {}. {on}", m + 1)?;
+    }
+    if plan.masks.len() > MASKS_SHOWN {
+        writeln!(
+            out,
+            "  ... and {} more (--json lists them all, --batch N samples N)",
+            plan.masks.len() - MASKS_SHOWN
+        )?;
+    }
+    writeln!(out, "a1111 prompt:\n  {}", plan.a1111_prompt)?;
+    let t = &plan.timings_ms;
+    writeln!(
+        out,
+        "timings: embed {:.2} ms, retrieve {:.2} ms, compose {:.2} ms ({} candidates)",
+        t.embed, t.retrieve, t.compose, plan.candidates
+    )
 }

@@ -3,7 +3,9 @@
 //! It cuts the prompt into topics with [`crate::segment`], scores every (topic, candidate) pair by
 //! how much of the topic the candidate's title, tags and trigger words cover, and assigns
 //! candidates greedily, best pair first, under the paper's rules:
-//! - a pair is considered only when its score reaches [`LocalComposer::min_score`];
+//! - a pair is considered only when its score reaches [`LocalComposer::min_score`] and comes
+//!   close to the best pair of its topic (an adapter broader than the topic, matching only its
+//!   head word, does not ride along with an exact match);
 //! - at most `max_adapters_per_topic` adapters per topic, each adapter at most once overall (so an
 //!   adapter lands on the topic it matches best);
 //! - characters and celebrities only when the prompt asks for one: it names the character (all
@@ -32,6 +34,9 @@ const HEAD_WEIGHT: f32 = 0.6;
 const GENERIC_HEAD_WEIGHT: f32 = 0.2;
 /// Bonus when the candidate's category fits the kind of topic (a style adapter for a style topic).
 const CATEGORY_BONUS: f32 = 0.1;
+/// A candidate must score within this of the best candidate of its topic: once "cowboy hat" has
+/// a cowboy-hat adapter, a wizard hat (only the head word matches) is not another fit.
+const TOPIC_MARGIN: f32 = 0.25;
 /// Weight of the retriever's similarity, which only breaks near-ties between equal matches.
 const RETRIEVAL_WEIGHT: f32 = 0.05;
 
@@ -66,9 +71,7 @@ impl LocalComposer {
         let segments = segment(prompt);
         let topics: Vec<TopicTerms> = segments.iter().map(TopicTerms::new).collect();
         let prompt_words: HashSet<String> = words(prompt).map(|w| stem(&w)).collect();
-        let asks_for_person = PERSON_WORDS
-            .iter()
-            .any(|w| prompt_words.contains(&stem(w)));
+        let asks_for_person = PERSON_WORDS.iter().any(|w| prompt_words.contains(&stem(w)));
 
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (c, candidate) in candidates.iter().enumerate() {
@@ -97,16 +100,26 @@ impl LocalComposer {
         // Best pair first; ties in prompt order, then retrieval order (deterministic).
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
 
+        let mut best = vec![f32::NEG_INFINITY; segments.len()];
+        for &(score, t, _) in &pairs {
+            best[t] = best[t].max(score);
+        }
         let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); segments.len()];
         let mut used = vec![false; candidates.len()];
         let mut styles = 0;
-        for (_, t, c) in pairs {
+        for (score, t, c) in pairs {
             let doc = &candidates[c].doc;
+            if score < best[t] - TOPIC_MARGIN {
+                continue;
+            }
             let is_style = doc.category == Category::Style;
             if used[c]
                 || assigned[t].len() >= self.config.max_adapters_per_topic
                 || (is_style && styles >= self.config.max_style_adapters)
-                || assigned.iter().flatten().any(|&o| candidates[o].doc.id() == doc.id())
+                || assigned
+                    .iter()
+                    .flatten()
+                    .any(|&o| candidates[o].doc.id() == doc.id())
             {
                 continue;
             }
@@ -160,8 +173,28 @@ fn names_in_prompt(doc: &AdapterDoc, prompt_words: &HashSet<String>) -> bool {
 
 /// Words in adapter titles that are not part of a name.
 const NAME_FILLER: &[&str] = &[
-    "lora", "locon", "lycoris", "character", "celebrity", "style", "model", "the", "a", "of",
-    "and", "v", "ver", "version", "sd", "sd15", "xl", "by", "in", "for", "outfit", "costume",
+    "lora",
+    "locon",
+    "lycoris",
+    "character",
+    "celebrity",
+    "style",
+    "model",
+    "the",
+    "a",
+    "of",
+    "and",
+    "v",
+    "ver",
+    "version",
+    "sd",
+    "sd15",
+    "xl",
+    "by",
+    "in",
+    "for",
+    "outfit",
+    "costume",
 ];
 
 fn category_bonus(kind: SegmentKind, category: Category) -> f32 {
@@ -204,8 +237,11 @@ impl TopicTerms {
         } else {
             HEAD_WEIGHT
         };
-        let head_hit = terms.contains(head);
-        let modifier_hits = modifiers.iter().filter(|w| terms.contains(w)).count();
+        let head_hit = terms.matches(head, &self.words);
+        let modifier_hits = modifiers
+            .iter()
+            .filter(|w| terms.matches(w, &self.words))
+            .count();
         let mut score = if head_hit { head_weight } else { 0.0 };
         if !modifiers.is_empty() {
             score += (1.0 - head_weight) * modifier_hits as f32 / modifiers.len() as f32;
@@ -220,31 +256,60 @@ impl TopicTerms {
 
 /// Heads too generic to decide a match alone.
 const GENERIC_HEADS: &[&str] = &[
-    "painting", "drawing", "style", "art", "artwork", "illustration", "photo", "photograph",
-    "render", "design", "picture", "image", "effect", "look",
+    "painting",
+    "drawing",
+    "style",
+    "art",
+    "artwork",
+    "illustration",
+    "photo",
+    "photograph",
+    "render",
+    "design",
+    "picture",
+    "image",
+    "effect",
+    "look",
 ];
 
 /// Words never matched (they would match half of the catalog).
 const TOPIC_STOPWORDS: &[&str] = &["lora", "the", "a", "an", "of", "and", "with", "in", "on"];
 
-/// The stemmed words of a candidate's title, tags and trigger words.
+/// What a candidate is about: the stemmed words of its title and trigger words and of its
+/// one-word tags, and its multi-word tags as phrases.
 struct CandidateTerms {
     terms: HashSet<String>,
+    /// A multi-word tag ("big cat") speaks for its words only when the topic has all of them:
+    /// a lion tagged "big cat" is no match for "a cat".
+    phrases: Vec<Vec<String>>,
 }
 
 impl CandidateTerms {
     fn new(doc: &AdapterDoc) -> Self {
         let card = &doc.card;
         let mut terms: HashSet<String> = words(&card.title).map(|w| stem(&w)).collect();
-        for text in card.tags.iter().chain(&card.trigger_words) {
+        for text in &card.trigger_words {
             terms.extend(words(text).map(|w| stem(&w)));
         }
+        let mut phrases = Vec::new();
+        for tag in &card.tags {
+            let tag_words: Vec<String> = words(tag).map(|w| stem(&w)).collect();
+            match tag_words.len() {
+                0 => {}
+                1 => terms.extend(tag_words),
+                _ => phrases.push(tag_words),
+            }
+        }
         terms.insert(doc.category.as_str().to_string());
-        Self { terms }
+        Self { terms, phrases }
     }
 
-    fn contains(&self, word: &str) -> bool {
+    /// True when `word` of a topic with `topic_words` is matched.
+    fn matches(&self, word: &str, topic_words: &[String]) -> bool {
         self.terms.contains(word)
+            || self.phrases.iter().any(|phrase| {
+                phrase.iter().any(|w| w == word) && phrase.iter().all(|w| topic_words.contains(w))
+            })
     }
 }
 
@@ -271,8 +336,7 @@ pub(crate) fn stem(word: &str) -> String {
             return w[..n - 2].to_string();
         }
     }
-    if n > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") && !w.ends_with("is")
-    {
+    if n > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") && !w.ends_with("is") {
         return w[..n - 1].to_string();
     }
     w
@@ -361,6 +425,28 @@ mod tests {
     }
 
     #[test]
+    fn broader_matches_give_way_to_exact_ones_and_tag_phrases_stay_whole() {
+        let candidates = [
+            candidate(1, "Cowboy Hat", &["hat", "cowboy hat"], Category::Clothing),
+            candidate(2, "Wizard Hat", &["hat", "wizard hat"], Category::Clothing),
+            candidate(3, "Lion", &["lion", "big cat"], Category::Animal),
+        ];
+        let got = compose("a cat in a cowboy hat", &candidates);
+        assert_eq!(
+            got,
+            [
+                ("cat".to_string(), vec![]),
+                ("cowboy hat".to_string(), vec![1])
+            ]
+        );
+        // Alone, the broader hat is a fit for the plain head.
+        let got = compose("a hat", &candidates[1..]);
+        assert_eq!(got, [("hat".to_string(), vec![2])]);
+        let got = compose("a big cat", &candidates);
+        assert_eq!(got, [("big cat".to_string(), vec![3])]);
+    }
+
+    #[test]
     fn at_most_k_adapters_per_topic_best_first() {
         let candidates: Vec<Candidate> = (1..=5)
             .map(|i| {
@@ -375,7 +461,10 @@ mod tests {
             max_adapters_per_topic: 1,
             ..ComposerConfig::default()
         };
-        assert_eq!(compose_with(config, "a cat", &candidates), [("cat".to_string(), vec![5])]);
+        assert_eq!(
+            compose_with(config, "a cat", &candidates),
+            [("cat".to_string(), vec![5])]
+        );
     }
 
     #[test]
@@ -437,8 +526,16 @@ mod tests {
             max_style_adapters: 3,
             ..ComposerConfig::default()
         };
-        let got = compose_with(three, "a watercolor painting of a fox, pencil sketch", &candidates);
-        assert_eq!(got.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 3, "{got:?}");
+        let got = compose_with(
+            three,
+            "a watercolor painting of a fox, pencil sketch",
+            &candidates,
+        );
+        assert_eq!(
+            got.iter().map(|(_, ids)| ids.len()).sum::<usize>(),
+            3,
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -255,7 +255,12 @@ mod tests {
             MaskStrategy::OneHotConcepts,
         ] {
             let masks = StrategyMasker::new(strategy).masks(&composition(&[0, 0]));
-            assert_eq!(masks, vec![Mask { active: vec![vec![], vec![]] }]);
+            assert_eq!(
+                masks,
+                vec![Mask {
+                    active: vec![vec![], vec![]]
+                }]
+            );
         }
     }
 

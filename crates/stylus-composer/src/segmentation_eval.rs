@@ -177,7 +177,11 @@ pub fn evaluate_segmentation(
 
 /// Lower case, whitespace collapsed.
 pub fn normalize(topic: &str) -> String {
-    topic.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    topic
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// The lower-cased words (letter/digit runs) of a text.
@@ -324,10 +328,7 @@ impl PyLiteral {
             match self.chars.get(self.pos) {
                 None => return Err("unterminated string".into()),
                 Some('\\') => {
-                    let escaped = self
-                        .chars
-                        .get(self.pos + 1)
-                        .ok_or("unterminated escape")?;
+                    let escaped = self.chars.get(self.pos + 1).ok_or("unterminated escape")?;
                     out.push(match escaped {
                         'n' => '\n',
                         't' => '\t',
@@ -383,7 +384,10 @@ mod tests {
     fn parses_csv_quotes_and_python_dicts() {
         let rows = parse_parti_csv(CSV, Path::new("p.csv")).unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].topics.as_deref(), Some(&["man".to_string(), "horse".to_string()][..]));
+        assert_eq!(
+            rows[0].topics.as_deref(),
+            Some(&["man".to_string(), "horse".to_string()][..])
+        );
         assert_eq!(rows[1].prompt, "a cat, \"quoted\"");
         assert_eq!(rows[1].topics, Some(vec![]));
         assert_eq!(rows[2].topics, None);
@@ -397,7 +401,9 @@ mod tests {
     #[test]
     fn malformed_input_names_file_and_line() {
         let bad = "caption,ranked_adapters\nok,{}\nbroken,\"{'a': [1,}\"\n";
-        let err = parse_parti_csv(bad, Path::new("parti.csv")).unwrap_err().to_string();
+        let err = parse_parti_csv(bad, Path::new("parti.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("parti.csv:3"), "{err}");
         let err = parse_parti_csv("caption\nx\n", Path::new("parti.csv"))
             .unwrap_err()
@@ -406,7 +412,10 @@ mod tests {
         let err = parse_parti_csv("caption,ranked_adapters\n\"open,{}\n", Path::new("p.csv"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("p.csv:2") && err.contains("never closed"), "{err}");
+        assert!(
+            err.contains("p.csv:2") && err.contains("never closed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -414,15 +423,26 @@ mod tests {
         let rows = parse_parti_csv(CSV, Path::new("p.csv")).unwrap();
         // Predicts "Man" (right after normalizing), "riding" (wrong), misses "horse".
         let report = evaluate_segmentation(&rows, |_| vec![" Man ".into(), "riding".into()]);
-        assert_eq!((report.rows, report.skipped_no_topics, report.skipped_empty), (1, 1, 1));
         assert_eq!(
-            (report.topic.matched, report.topic.predicted, report.topic.reference),
+            (report.rows, report.skipped_no_topics, report.skipped_empty),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (
+                report.topic.matched,
+                report.topic.predicted,
+                report.topic.reference
+            ),
             (1, 2, 2)
         );
         assert!((report.topic.f1 - 0.5).abs() < 1e-12);
         // Words of "a man riding a horse": reference covers man, horse; prediction man, riding.
         assert_eq!(
-            (report.word.matched, report.word.predicted, report.word.reference),
+            (
+                report.word.matched,
+                report.word.predicted,
+                report.word.reference
+            ),
             (1, 2, 2)
         );
         let perfect = evaluate_segmentation(&rows, |_| vec!["man".into(), "horse".into()]);
@@ -439,6 +459,11 @@ mod tests {
         let rows = read_parti_csv(path).unwrap();
         assert_eq!(rows.len(), 1632);
         assert_eq!(rows.iter().filter(|r| r.topics.is_none()).count(), 79);
-        assert_eq!(rows.iter().filter(|r| r.topics.as_ref().is_some_and(Vec::is_empty)).count(), 56);
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.topics.as_ref().is_some_and(Vec::is_empty))
+                .count(),
+            56
+        );
     }
 }
