@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use stylus_core::{SampleJob, Sampler, SamplingParams, StylusConfig, StylusError};
 use stylus_diffusion::StableDiffusion;
-use stylus_diffusion::burn::tensor::backend::Backend;
-use stylus_diffusion::burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use stylus_diffusion::clip_tokenizer::ClipTokenizer;
 use stylus_diffusion::lora::merger::{AdapterStrength, LoraMerger};
 use stylus_diffusion::sampler::SdSampler;
@@ -61,8 +61,8 @@ pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
         }
         #[cfg(feature = "cuda")]
         ("cuda", "f16") => {
-            type B = stylus_diffusion::burn::backend::Cuda<half::f16>;
-            let device = stylus_diffusion::burn::backend::cuda::CudaDevice::new(0);
+            type B = burn::backend::Cuda<half::f16>;
+            let device = burn::backend::cuda::CudaDevice::new(0);
             stylus_diffusion::backend::probe_device::<B>(&device, "CUDA device 0")?;
             bench::<B>(&args, &device, DType::F16)?
         }
