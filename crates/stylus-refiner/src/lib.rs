@@ -6,6 +6,7 @@ pub mod bert;
 pub mod bundled;
 pub mod card_refiner;
 pub mod civitai;
+pub mod civitai_api;
 pub mod filters;
 pub mod html;
 pub mod indexer;
