@@ -225,3 +225,23 @@ fn clip_skip_two_matches_diffusers_encode_prompt() {
     let error = relative_l2(conditioning, &refs.floats("clip.clip_skip_2"));
     assert!(error <= TOLERANCE, "rel. L2 {error}");
 }
+
+#[test]
+fn half_precision_models_follow_the_f32_models() {
+    // f16/bf16 parameters and activations (burn-flex computes in the tensor dtype): the results
+    // must stay close to the f32 reference; exact parity is an f32 property only.
+    let refs = References::load();
+    for (dtype, tolerance) in [(DType::F16, 5e-3), (DType::BF16, 4e-2)] {
+        let (sd, _) = StableDiffusion::<B>::load(&layouts()[0], &cpu_device(), dtype).unwrap();
+        let latents: Tensor<B, 4> = refs.tensor("unet_8x8.latents");
+        let context: Tensor<B, 3> = refs.tensor("unet_8x8.context");
+        let timesteps = refs.floats("unet_8x8.timesteps").1;
+        let prediction =
+            sd.unet
+                .forward_timesteps(latents.cast(dtype), &timesteps, context.cast(dtype));
+        assert_eq!(prediction.dtype(), dtype);
+        let error = relative_l2(prediction, &refs.floats("unet_8x8.noise_pred"));
+        println!("{dtype:?}: UNet rel. L2 {error:.2e}");
+        assert!(error <= tolerance, "{dtype:?}: rel. L2 {error}");
+    }
+}
