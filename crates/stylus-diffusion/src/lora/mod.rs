@@ -10,12 +10,16 @@
 //! - [`base_model`]: refusing adapters for SDXL / SD 2 / DiT models.
 //! - [`delta`]: the f32 math per algorithm.
 //! - [`merge`]: a weighted adapter set applied to base weights, target by target.
+//! - [`bake`]: `stylus merge`, LoRAs baked into a checkpoint file by tensor name.
+//! - [`info`]: `stylus info`, describing adapters and checkpoints.
 //! - [`merger`]: [`LoraMerger`], the non-destructive `stylus_core::Merger` over burn models.
 
 pub mod adapter;
+pub mod bake;
 pub mod base_model;
 pub mod delta;
 pub mod file;
+pub mod info;
 pub mod merge;
 pub mod merger;
 pub mod parse;
