@@ -1,8 +1,9 @@
 //! `stylus retrieve`: top-K adapters for prompts.
 //!
-//! Opens a StylusDocs store, embeds each query with the store's embedder and searches with the
-//! store's HNSW index when it has one (`--build-hnsw` makes and registers it), else with the exact
-//! scan. With `retriever.hybrid = true` in the config, the dense ranking is fused with BM25.
+//! Opens a StylusDocs store (or the bundled catalog), embeds each query with the store's embedder
+//! and searches with the store's HNSW index when it has one (`--build-hnsw` makes and registers
+//! it), else with the exact scan. With `retriever.hybrid = true` in the config, the dense ranking
+//! is fused with BM25.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -43,17 +44,29 @@ pub struct Args {
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
-    let dir = args.index.clone().ok_or_else(|| {
-        StylusError::InvalidArgument(
-            "no bundled catalog in this build: pass --index DIR (a store made by `stylus index`)"
-                .into(),
-        )
-    })?;
     let queries = read_queries(&args)?;
     let k = args.top_k.unwrap_or(config.retriever.top_k);
-    let store = StylusDocs::open(&dir)?;
-    let embedder = store_embedder(&store)?;
-    let search = StoreSearch::open(store, config, args.build_hnsw)?;
+    let (embedder, search) = match &args.index {
+        Some(dir) => {
+            let store = StylusDocs::open(dir)?;
+            let embedder = store_embedder(&store)?;
+            (embedder, StoreSearch::open(store, config, args.build_hnsw)?)
+        }
+        None if args.build_hnsw => {
+            return Err(StylusError::InvalidArgument(
+                "--build-hnsw needs --index DIR (the bundled catalog is searched exactly)".into(),
+            ));
+        }
+        None => {
+            let catalog = stylus_refiner::bundled::load()?;
+            let dim = catalog.embedder.dim();
+            let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
+            let dense =
+                ExactRetriever::new(docs.clone(), VectorMatrix::new(dim, catalog.vectors)?)?;
+            let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
+            (embedder, StoreSearch::new(Arc::new(dense), docs, config))
+        }
+    };
     let vectors = super::runtime()?.block_on(embedder.embed(&queries))?;
     let filter = RetrievalFilter::default();
     let mut out = std::io::stdout().lock();

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use stylus_core::{AdapterId, HnswConfig, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{AdapterId, Category, HnswConfig, RetrievalFilter, Retriever, StylusError};
 use stylus_retriever::synthetic::{ClusteredVectors, docs};
 use stylus_retriever::{Hit, HnswRetriever, VectorMatrix};
 
@@ -37,13 +37,17 @@ fn recall(got: &[Hit], want: &[Hit]) -> f64 {
 fn hnsw_recall_at_150_matches_exact_with_and_without_a_filter() {
     let (clusters, _, retriever) = catalog();
     let queries = clusters.queries(20, 23);
-    for filter in [
-        RetrievalFilter::default(),
-        RetrievalFilter {
-            sd1_only: true,
-            ..Default::default()
-        },
-    ] {
+    // No filter, a permissive one (over-fetching walk) and a selective one (~1/3 of the catalog
+    // passes: the filter runs inside the walk).
+    let third = RetrievalFilter {
+        blocked_categories: Category::ALL[4..].iter().copied().collect(),
+        ..Default::default()
+    };
+    let permissive = RetrievalFilter {
+        sd1_only: true,
+        ..Default::default()
+    };
+    for filter in [RetrievalFilter::default(), permissive, third] {
         let approx = retriever.search_batch(&queries, 150, &filter).unwrap();
         let exact = retriever
             .exact()

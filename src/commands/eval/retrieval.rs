@@ -94,6 +94,35 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
     let bm25_rankings = rank_bm25(&bm25, &queries, &all)?;
     configs.push(score("bm25 (card fields)", &cases, &bm25_rankings));
     tracing::info!("bm25: {:.1} s", t.elapsed().as_secs_f64());
+    // The tuning grid of the field weights (the default above won on this development set).
+    for (name, lexical) in [
+        (
+            "bm25 fields unweighted",
+            LexicalConfig {
+                title_weight: 1.0,
+                tags_weight: 1.0,
+                trigger_words_weight: 1.0,
+                ..LexicalConfig::default()
+            },
+        ),
+        (
+            "bm25 title x5",
+            LexicalConfig {
+                title_weight: 5.0,
+                ..LexicalConfig::default()
+            },
+        ),
+        (
+            "bm25 b=0.3",
+            LexicalConfig {
+                b: 0.3,
+                ..LexicalConfig::default()
+            },
+        ),
+    ] {
+        let index = LexicalIndex::build(rich_docs.clone(), lexical);
+        configs.push(score(name, &cases, &rank_bm25(&index, &queries, &all)?));
+    }
 
     for (name, docs) in [
         ("tfidf paper text", &paper_docs),
@@ -107,7 +136,7 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
         let rankings = rank_dense(&dense, &query_vectors, &all)?;
         configs.push(score(name, &cases, &rankings));
         if docs == &rich_docs {
-            let hybrid = fuse(&rankings, &bm25_rankings);
+            let hybrid = fuse(&rankings, &bm25_rankings, FusionConfig::default());
             configs.push(score("hybrid tfidf rich + bm25", &cases, &hybrid));
         }
     }
@@ -141,8 +170,25 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
                     &query_vectors,
                     config,
                 )?);
-                let hybrid = fuse(&rankings, &bm25_rankings);
+                let hybrid = fuse(&rankings, &bm25_rankings, FusionConfig::default());
                 configs.push(score("hybrid minilm rich + bm25", &cases, &hybrid));
+                // The tuning grid of the fusion.
+                for (name, rrf_k, lexical_weight) in [
+                    ("hybrid rrf_k=20", 20.0, 1.0),
+                    ("hybrid lexical x0.5", 60.0, 0.5),
+                    ("hybrid lexical x2", 60.0, 2.0),
+                ] {
+                    let fusion = FusionConfig {
+                        rrf_k,
+                        lexical_weight,
+                        ..FusionConfig::default()
+                    };
+                    configs.push(score(
+                        name,
+                        &cases,
+                        &fuse(&rankings, &bm25_rankings, fusion),
+                    ));
+                }
             }
         }
     }
@@ -238,8 +284,11 @@ fn score(name: &str, cases: &[EvalCase], rankings: &[Vec<Candidate>]) -> Ranking
 }
 
 /// Dense and BM25 rankings fused as [`HybridRetriever`] fuses them.
-fn fuse(dense: &[Vec<Candidate>], lexical: &[Vec<Candidate>]) -> Vec<Vec<Candidate>> {
-    let fusion = FusionConfig::default();
+fn fuse(
+    dense: &[Vec<Candidate>],
+    lexical: &[Vec<Candidate>],
+    fusion: FusionConfig,
+) -> Vec<Vec<Candidate>> {
     let docs = |r: &[Candidate]| r.iter().map(|c| Arc::clone(&c.doc)).collect::<Vec<_>>();
     dense
         .iter()
