@@ -25,6 +25,7 @@ use stylus_core::{GeneratedImage, Result, SampleJob, Sampler, StylusError};
 
 use crate::checkpoint::StableDiffusion;
 use crate::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use crate::lora::LoraMerger;
 use crate::prompt_weights::{PromptChunk, apply_emphasis, prompt_chunks};
 use crate::schedulers::{ScheduleConfig, Scheduler, scheduler_by_name};
 
@@ -90,9 +91,13 @@ pub struct SamplingProgress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(SamplingProgress) + Send + Sync>;
 
-/// txt2img on a shared model.
+/// txt2img on an SD model; with a [`LoraMerger`], on the UNet and text encoder the merger made
+/// active.
 pub struct SdSampler<B: Backend> {
+    /// The loaded model (VAE, configs, and the networks used when there is no merger). burn
+    /// modules are `Send` but not `Sync`, hence the lock.
     model: Arc<Mutex<StableDiffusion<B>>>,
+    merger: Option<Arc<LoraMerger<B>>>,
     tokenizer: ClipTokenizer,
     schedule: ScheduleConfig,
     device: B::Device,
@@ -103,13 +108,14 @@ impl<B: Backend> std::fmt::Debug for SdSampler<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SdSampler")
             .field("schedule", &self.schedule)
+            .field("merger", &self.merger.is_some())
             .field("progress", &self.progress.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<B: Backend> SdSampler<B> {
-    /// A sampler on `model` (shared with the merger) with SD 1.5's noise schedule.
+    /// A sampler on `model` with SD 1.5's noise schedule.
     pub fn new(
         model: Arc<Mutex<StableDiffusion<B>>>,
         tokenizer: ClipTokenizer,
@@ -117,11 +123,19 @@ impl<B: Backend> SdSampler<B> {
     ) -> Self {
         Self {
             model,
+            merger: None,
             tokenizer,
             schedule: ScheduleConfig::sd15(),
             device,
             progress: None,
         }
+    }
+
+    /// Samples with the networks `merger` makes active (build the merger on this model's UNet
+    /// and text encoder).
+    pub fn with_merger(mut self, merger: Arc<LoraMerger<B>>) -> Self {
+        self.merger = Some(merger);
+        self
     }
 
     /// Uses another training noise schedule.
@@ -136,17 +150,33 @@ impl<B: Backend> SdSampler<B> {
         self
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, StableDiffusion<B>>> {
-        self.model
+    /// The model to sample with now: the merger's active networks, or the loaded ones (clones
+    /// share tensor storage).
+    fn current_model(&self) -> Result<StableDiffusion<B>> {
+        let model = self
+            .model
             .lock()
-            .map_err(|_| StylusError::Device("the model lock was poisoned by a panic".into()))
+            .map_err(|_| StylusError::Device("the model lock was poisoned by a panic".into()))?;
+        let (text_encoder, unet) = match &self.merger {
+            Some(merger) => {
+                let active = merger.active();
+                (active.text_encoder, active.unet)
+            }
+            None => (model.text_encoder.clone(), model.unet.clone()),
+        };
+        Ok(StableDiffusion {
+            text_encoder,
+            unet,
+            vae: model.vae.clone(),
+            config: model.config.clone(),
+        })
     }
 }
 
 impl<B: Backend> Sampler for SdSampler<B> {
     fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
         let params = &job.sampling;
-        let model = self.lock()?;
+        let model = self.current_model()?;
         let factor = vae_scale_factor(&model);
         let shape = latent_shape(job, factor, model.config.vae.latent_channels)?;
         let mut scheduler = scheduler_by_name(&params.sampler, &self.schedule, params.steps)?;

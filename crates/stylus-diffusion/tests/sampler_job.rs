@@ -14,7 +14,7 @@ use stylus_diffusion::clip_tokenizer::ClipTokenizer;
 use stylus_diffusion::sampler::{SdSampler, write_latents};
 
 fn sampler(dir: &std::path::Path) -> SdSampler<CpuBackend> {
-    let checkpoint = common::full_vocab::full_vocab_checkpoint(dir);
+    let checkpoint = common::full_vocab::full_vocab_checkpoint(&tiny_checkpoint(), dir);
     let (model, _) =
         StableDiffusion::<CpuBackend>::load(&checkpoint, &cpu_device(), DType::F32).unwrap();
     SdSampler::new(
@@ -22,6 +22,10 @@ fn sampler(dir: &std::path::Path) -> SdSampler<CpuBackend> {
         ClipTokenizer::bundled().unwrap(),
         cpu_device(),
     )
+}
+
+fn tiny_checkpoint() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/tiny-ldm.safetensors")
 }
 
 fn job(sampler: &str, batch: usize, first_image: usize) -> SampleJob {
@@ -126,4 +130,48 @@ fn emphasis_and_prompts_change_the_image_and_bad_sizes_are_refused() {
         sampler.sample(&unknown),
         Err(StylusError::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn sampler_renders_with_the_adapters_the_merger_made_active() {
+    use stylus_core::{Merger, ResolvedAdapter, WeightedAdapter};
+    use stylus_diffusion::lora::LoraMerger;
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = common::full_vocab::full_vocab_checkpoint(&tiny_checkpoint(), dir.path());
+    let device = cpu_device();
+    let (model, _) = StableDiffusion::<CpuBackend>::load(&checkpoint, &device, DType::F32).unwrap();
+    let merger = Arc::new(LoraMerger::new(
+        model.unet.clone(),
+        &model.config.unet,
+        model.text_encoder.clone(),
+        &device,
+    ));
+    let plain = sampler(dir.path()).sample(&job("ddim", 1, 0)).unwrap();
+    let merged_sampler = SdSampler::new(
+        Arc::new(Mutex::new(model)),
+        ClipTokenizer::bundled().unwrap(),
+        device,
+    )
+    .with_merger(merger.clone());
+    assert_eq!(
+        pixels(&merged_sampler.sample(&job("ddim", 1, 0)).unwrap()),
+        pixels(&plain)
+    );
+
+    let lora = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lora/kohya_lora.safetensors");
+    merger
+        .set_adapters(&[ResolvedAdapter {
+            adapter: WeightedAdapter::from_path(&lora, 0.8),
+            path: lora,
+        }])
+        .unwrap();
+    let with_lora = merged_sampler.sample(&job("ddim", 1, 0)).unwrap();
+    assert_ne!(pixels(&with_lora), pixels(&plain));
+    merger.set_adapters(&[]).unwrap();
+    assert_eq!(
+        pixels(&merged_sampler.sample(&job("ddim", 1, 0)).unwrap()),
+        pixels(&plain)
+    );
 }

@@ -12,11 +12,9 @@ const TOKEN_EMBEDDING: &str =
     "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight";
 const CLIP_VOCAB: usize = 49408;
 
-/// Writes the widened checkpoint into `dir` and returns its path.
-pub fn full_vocab_checkpoint(dir: &Path) -> PathBuf {
-    let source =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/tiny-ldm.safetensors");
-    let bytes = std::fs::read(&source).unwrap();
+/// Writes the widened copy of the single-file checkpoint `source` into `dir`; returns its path.
+pub fn full_vocab_checkpoint(source: &Path, dir: &Path) -> PathBuf {
+    let bytes = std::fs::read(source).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let embedding = tensors.tensor(TOKEN_EMBEDDING).unwrap();
     let [rows, width] = [embedding.shape()[0], embedding.shape()[1]];
