@@ -145,14 +145,17 @@ impl HnswRetriever {
         let total = self.exact.docs().len();
         let accepted = mask.map_or(total, FilterMask::count);
         let hits = match mask {
-            None => self.walk(query, k, None),
+            None => self.walk(query, k, self.config.ef_search.max(k), None),
             Some(mask) if accepted * 2 >= total => {
                 // A permissive filter: `hnsw_rs`'s filtered walk keeps exploring every candidate
                 // once it has ef results (measured 6x slower at 75K), so walk unfiltered for
                 // enough extra neighbours to cover the rejected share and drop those; the
                 // filtered walk below remains the fallback.
                 let wanted = (k * total).div_ceil(accepted) + k / 10 + 8;
-                let hits = self.walk(query, wanted, Some(mask));
+                let ef = (self.config.ef_search * total)
+                    .div_ceil(accepted)
+                    .max(wanted);
+                let hits = self.walk(query, wanted, ef, Some(mask));
                 if hits.len() >= k {
                     hits
                 } else {
@@ -175,10 +178,10 @@ impl HnswRetriever {
         hits
     }
 
-    /// The `wanted` nearest neighbours of an unfiltered walk, minus those `mask` rejects.
-    fn walk(&self, query: &[f32], wanted: usize, mask: Option<&FilterMask>) -> Vec<Hit> {
-        let ef = self.config.ef_search.max(wanted);
-        let neighbours = self.graph.search(query, wanted, ef);
+    /// The `wanted` nearest neighbours of an unfiltered walk of breadth `ef`, minus those `mask`
+    /// rejects.
+    fn walk(&self, query: &[f32], wanted: usize, ef: usize, mask: Option<&FilterMask>) -> Vec<Hit> {
+        let neighbours = self.graph.search(query, wanted, ef.max(wanted));
         to_hits(&neighbours, mask)
     }
 
