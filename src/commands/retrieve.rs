@@ -168,11 +168,16 @@ impl StoreSearch {
         } else {
             Arc::new(ExactRetriever::new(docs.clone(), vectors)?)
         };
+        Ok(Self::new(dense, docs, config))
+    }
+
+    /// `dense` over `docs`, fused with BM25 over the same docs when the config asks for it.
+    fn new(dense: Arc<dyn Retriever>, docs: Vec<Arc<AdapterDoc>>, config: &StylusConfig) -> Self {
         let hybrid = config.retriever.hybrid.then(|| {
             let lexical = LexicalIndex::build(docs, LexicalConfig::default());
             HybridRetriever::new(Arc::clone(&dense), lexical, FusionConfig::default())
         });
-        Ok(Self { dense, hybrid })
+        Self { dense, hybrid }
     }
 
     fn retrieve(
