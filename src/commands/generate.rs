@@ -1,8 +1,24 @@
-//! `stylus generate`: select + merge + SD 1.5 sampling -> PNGs.
+//! `stylus generate`: (select +) merge + SD 1.5 sampling -> `NNNN.png` with A1111 parameters and
+//! a `plan.json` beside them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use stylus_core::{StylusConfig, StylusError};
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use stylus_core::{
+    AdapterId, ExplicitLora, Merger, ResolvedAdapter, SampleJob, Sampler, SamplingParams,
+    StylusConfig, StylusError, WeightedAdapter,
+};
+use stylus_diffusion::StableDiffusion;
+use stylus_diffusion::clip_tokenizer::ClipTokenizer;
+use stylus_diffusion::lora::LoraMerger;
+use stylus_diffusion::png::{
+    LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
+};
+use stylus_diffusion::sampler::{SamplingProgress, SdSampler, vae_scale_factor, write_latents};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,21 +31,36 @@ pub struct Args {
     /// Folder with the LoRA files of the selected adapters.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
-    /// An explicit LoRA, `FILE[:WEIGHT]` (repeatable); disables selection unless --select.
+    /// An explicit LoRA, `FILE[:WEIGHT]` (repeatable, weight 1 when left out); disables
+    /// selection.
     #[arg(long, value_name = "FILE[:W]")]
     pub lora: Vec<String>,
     /// Skip adapter selection.
     #[arg(long)]
     pub no_select: bool,
+    /// Number of images.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Sampling steps (default: the config's, 35).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the config's, 5).
     #[arg(long)]
     pub cfg: Option<f32>,
-    /// ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras.
+    /// ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras or pndm (default: the config's,
+    /// dpmpp_2m_karras).
     #[arg(long)]
     pub sampler: Option<String>,
+    /// Image width in pixels, a multiple of 8 (default: the config's, 512).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Image height in pixels, a multiple of 8 (default: the config's, 512).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// CLIP skip: 1 = last layer, 2 = penultimate (default: the config's, 1).
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
+    /// Seed; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "")]
@@ -50,6 +81,246 @@ pub struct Args {
     pub prompt: String,
 }
 
-pub fn run(_args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
-    super::not_implemented("stylus generate")
+pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+    match args.device.as_str() {
+        "cpu" => generate::<stylus_diffusion::backend::CpuBackend>(
+            &args,
+            config,
+            stylus_diffusion::backend::cpu_device(),
+        ),
+        #[cfg(feature = "cuda")]
+        "cuda" => generate::<stylus_diffusion::backend::CudaBackend>(
+            &args,
+            config,
+            stylus_diffusion::backend::cuda_device(0)?,
+        ),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => generate::<stylus_diffusion::backend::WgpuBackend>(
+            &args,
+            config,
+            stylus_diffusion::backend::wgpu_device()?,
+        ),
+        "cuda" | "wgpu" => Err(StylusError::Device(format!(
+            "this build has no `{0}` support; rebuild with `--features {0}`",
+            args.device
+        ))),
+        other => Err(StylusError::InvalidArgument(format!(
+            "unknown device `{other}`; expected cpu, wgpu or cuda"
+        ))),
+    }
+}
+
+/// What `plan.json` records: the request and, per image, the file and its recipe.
+#[derive(Debug, Serialize)]
+struct PlanFile<'a> {
+    prompt: &'a str,
+    negative_prompt: &'a str,
+    seed: u64,
+    checkpoint: &'a Path,
+    model_hash: Option<&'a str>,
+    sampling: &'a SamplingParams,
+    /// `null`: adapters were given explicitly or selection was off.
+    selection: Option<serde_json::Value>,
+    images: Vec<PlanImage<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlanImage<'a> {
+    file: String,
+    seed: u64,
+    prompt: &'a str,
+    adapters: &'a [WeightedAdapter],
+    parameters: String,
+}
+
+fn generate<B: Backend>(
+    args: &Args,
+    config: &StylusConfig,
+    device: B::Device,
+) -> Result<(), StylusError> {
+    if args.batch == 0 {
+        return Err(StylusError::InvalidArgument(
+            "--batch must be at least 1".into(),
+        ));
+    }
+    let explicit = args
+        .lora
+        .iter()
+        .map(|spec| parse_lora(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !args.no_select && explicit.is_empty() {
+        return super::not_implemented(
+            "adapter selection inside `stylus generate` (it needs the index loading of \
+             `stylus select`); pass --no-select, or --lora FILE[:W] for explicit adapters",
+        );
+    }
+    let defaults = &config.sampling;
+    let sampling = SamplingParams {
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance_scale: args.cfg.unwrap_or(defaults.guidance_scale),
+        sampler: args.sampler.clone().unwrap_or(defaults.sampler.clone()),
+        width: args.width.unwrap_or(defaults.width),
+        height: args.height.unwrap_or(defaults.height),
+        clip_skip: args.clip_skip.unwrap_or(defaults.clip_skip),
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| StylusError::io(&args.out, e))?;
+
+    let (model, _report) = StableDiffusion::<B>::load(&args.checkpoint, &device, DType::F32)?;
+    let latent_dims = |n: usize| {
+        let factor = vae_scale_factor(&model) as u32;
+        [
+            n,
+            model.config.vae.latent_channels,
+            (sampling.height / factor) as usize,
+            (sampling.width / factor) as usize,
+        ]
+    };
+    let save_dims = latent_dims(args.batch);
+    let tokenizer = ClipTokenizer::for_checkpoint(
+        Some(args.checkpoint.as_path()).filter(|path| path.is_dir()),
+    )?;
+    let merger = Arc::new(LoraMerger::new(
+        model.unet.clone(),
+        &model.config.unet,
+        model.text_encoder.clone(),
+        &device,
+    ));
+    let bar = ProgressBar::new(sampling.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} {elapsed}")
+            .expect("the progress template is valid"),
+    );
+    let progress_bar = bar.clone();
+    let sampler = SdSampler::new(Arc::new(Mutex::new(model)), tokenizer, device)
+        .with_merger(merger.clone())
+        .with_progress(Arc::new(move |p: SamplingProgress| {
+            progress_bar.set_length(p.steps as u64);
+            progress_bar.set_position(p.step as u64);
+            progress_bar.set_message(format!(
+                "images {}..{}",
+                p.first_image + 1,
+                p.first_image + p.batch
+            ));
+        }));
+
+    // Explicit adapters apply to every image: one merge, one job.
+    let resolved: Vec<ResolvedAdapter> = explicit
+        .iter()
+        .map(|lora| ResolvedAdapter {
+            adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
+            path: lora.path.clone(),
+        })
+        .collect();
+    merger.set_adapters(&resolved)?;
+    let job = SampleJob {
+        prompt: stylus_core::strip_lora_tags(&args.prompt),
+        negative_prompt: args.negative.clone(),
+        seed: args.seed,
+        first_image: 0,
+        batch: args.batch,
+        sampling: sampling.clone(),
+        init_latents: args.latents.clone(),
+        keep_latents: args.save_latents.is_some(),
+    };
+    let mut images = sampler.sample(&job)?;
+    for image in &mut images {
+        image.adapters = resolved.iter().map(|r| r.adapter.clone()).collect();
+    }
+    bar.finish_and_clear();
+
+    let model_info = ModelInfo {
+        hash: args
+            .checkpoint
+            .is_file()
+            .then(|| model_short_hash(&args.checkpoint))
+            .transpose()?,
+        name: args
+            .checkpoint
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned()),
+    };
+    let lora_hashes = resolved
+        .iter()
+        .map(|r| {
+            Ok(LoraHash {
+                alias: r.adapter.alias.clone(),
+                hash: lora_short_hash(&r.path)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StylusError>>()?;
+    let mut plan_images = Vec::with_capacity(images.len());
+    for (i, image) in images.iter().enumerate() {
+        let file = format!("{i:04}.png");
+        let parameters = a1111_parameters(image, &model_info, &lora_hashes);
+        write_png(&args.out.join(&file), image, &parameters)?;
+        println!("{}", args.out.join(&file).display());
+        plan_images.push(PlanImage {
+            file,
+            seed: image.seed,
+            prompt: &image.prompt,
+            adapters: &image.adapters,
+            parameters,
+        });
+    }
+    if let Some(path) = &args.save_latents {
+        let values: Vec<f32> = images
+            .iter()
+            .flat_map(|i| i.latents.clone().unwrap_or_default())
+            .collect();
+        write_latents(path, &values, save_dims)?;
+    }
+    let plan = PlanFile {
+        prompt: &args.prompt,
+        negative_prompt: &args.negative,
+        seed: args.seed,
+        checkpoint: &args.checkpoint,
+        model_hash: model_info.hash.as_deref(),
+        sampling: &sampling,
+        selection: None,
+        images: plan_images,
+    };
+    let plan_path = args.out.join("plan.json");
+    let json = serde_json::to_string_pretty(&plan).expect("the plan serializes");
+    std::fs::write(&plan_path, json + "\n").map_err(|e| StylusError::io(&plan_path, e))
+}
+
+/// `FILE[:WEIGHT]`; the weight is what follows the last `:` when it parses as a number (so
+/// Windows drive letters and colons in names survive).
+fn parse_lora(spec: &str) -> Result<ExplicitLora, StylusError> {
+    let (path, weight) = match spec.rsplit_once(':') {
+        Some((path, weight)) if !path.is_empty() && weight.parse::<f32>().is_ok() => {
+            (path, weight.parse::<f32>().expect("checked above"))
+        }
+        _ => (spec, 1.0),
+    };
+    if !weight.is_finite() {
+        return Err(StylusError::InvalidArgument(format!(
+            "--lora {spec}: the weight must be finite"
+        )));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(StylusError::adapter(
+            &AdapterId::Local(path.display().to_string()),
+            "--lora: no such file",
+        ));
+    }
+    Ok(ExplicitLora { path, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_specs_parse_weights_and_keep_colons_in_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a:b.safetensors");
+        std::fs::write(&file, b"x").unwrap();
+        let spec = file.display().to_string();
+        assert_eq!(parse_lora(&spec).unwrap().weight, 1.0);
+        let weighted = parse_lora(&format!("{spec}:0.6")).unwrap();
+        assert_eq!((weighted.path, weighted.weight), (file, 0.6));
+        assert!(parse_lora("/no/such.safetensors:1").is_err());
+    }
 }

@@ -1,0 +1,181 @@
+//! `stylus generate` end to end on CPU with the small random-weight SD model (widened to CLIP's
+//! vocabulary) and a real kohya LoRA fixture: merge -> 2 steps -> PNGs with A1111 parameters,
+//! plan.json, saved latents; the same seed gives the same bytes.
+
+#[path = "../crates/stylus-diffusion/tests/common/full_vocab.rs"]
+mod full_vocab;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn diffusion_fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/stylus-diffusion/tests/fixtures")
+        .join(path)
+}
+
+fn generate(checkpoint: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let lora = diffusion_fixture("lora/kohya_lora.safetensors");
+    Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .arg("generate")
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .arg("--lora")
+        .arg(format!("{}:0.8", lora.display()))
+        .args([
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--sampler",
+            "dpmpp_2m_karras",
+            "--width",
+            "16",
+            "--height",
+            "16",
+            "--seed",
+            "5",
+            "--negative",
+            "blurry",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra)
+        .arg("a castle on a hill, (golden hour:1.2)")
+        .output()
+        .unwrap()
+}
+
+fn png_parameters(path: &Path) -> (Vec<u8>, String) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((frame.width, frame.height), (16, 16));
+    let info = reader.info();
+    let text = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == "parameters")
+        .map(|c| c.text.clone())
+        .expect("a parameters chunk");
+    (pixels, text)
+}
+
+#[test]
+fn generate_writes_pngs_with_a1111_parameters_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = full_vocab::full_vocab_checkpoint(
+        &diffusion_fixture("sd/tiny-ldm.safetensors"),
+        dir.path(),
+    );
+    let first = dir.path().join("first");
+    let latents = dir.path().join("latents.safetensors");
+    let output = generate(
+        &checkpoint,
+        &first,
+        &["--save-latents", latents.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "stylus generate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let model_hash = stylus_diffusion::png::model_short_hash(&checkpoint).unwrap();
+    let lora_hash =
+        stylus_diffusion::png::lora_short_hash(&diffusion_fixture("lora/kohya_lora.safetensors"))
+            .unwrap();
+    assert_eq!((model_hash.len(), lora_hash.len()), (10, 12));
+    let (pixels0, text0) = png_parameters(&first.join("0000.png"));
+    assert_eq!(
+        text0,
+        format!(
+            "a castle on a hill, (golden hour:1.2) <lora:kohya_lora:0.8>\n\
+             Negative prompt: blurry\n\
+             Steps: 2, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: 5, Size: 16x16, \
+             Model hash: {model_hash}, Model: tiny-full-vocab, \
+             Lora hashes: \"kohya_lora: {lora_hash}\""
+        )
+    );
+    let (pixels1, text1) = png_parameters(&first.join("0001.png"));
+    assert!(text1.contains("Seed: 6,"), "{text1}");
+    assert_ne!(pixels0, pixels1);
+
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["images"][1]["file"], "0001.png");
+    assert_eq!(plan["images"][1]["seed"], 6);
+    assert_eq!(plan["images"][0]["adapters"][0]["alias"], "kohya_lora");
+    assert_eq!(plan["images"][0]["parameters"], text0.as_str());
+    assert_eq!(plan["sampling"]["steps"], 2);
+
+    let bytes = std::fs::read(&latents).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(saved.tensor("latents").unwrap().shape(), &[2, 4, 8, 8]);
+
+    // Same request, same bytes.
+    let second = dir.path().join("second");
+    assert!(generate(&checkpoint, &second, &[]).status.success());
+    for file in ["0000.png", "0001.png"] {
+        assert_eq!(
+            std::fs::read(first.join(file)).unwrap(),
+            std::fs::read(second.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    // The saved final latents fed back as initial latents change the picture (and work).
+    let third = dir.path().join("third");
+    let output = generate(
+        &checkpoint,
+        &third,
+        &["--latents", latents.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(png_parameters(&third.join("0000.png")).0, pixels0);
+}
+
+#[test]
+fn generate_refuses_bad_input_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = full_vocab::full_vocab_checkpoint(
+        &diffusion_fixture("sd/tiny-ldm.safetensors"),
+        dir.path(),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args([
+            "generate",
+            "--no-select",
+            "--width",
+            "20",
+            "--steps",
+            "1",
+            "--checkpoint",
+        ])
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .arg("a cat")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("multiples of 8"));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args(["generate", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--lora")
+        .arg(dir.path().join("missing.safetensors"))
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .arg("a cat")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.safetensors"));
+}
