@@ -11,6 +11,7 @@ use stylus_core::{AdapterCard, Embedder, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, CpuBackend, default_minilm_dir};
 use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::{CatalogRead, read_civitai_paths};
+use stylus_refiner::civitai_api::{CivitaiClient, ModelsQuery, RetryPolicy};
 use stylus_refiner::filters::CardFilter;
 use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
@@ -21,9 +22,14 @@ use stylus_refiner::store::{MANIFEST_FILE, NewStore, StylusDocs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Civitai model JSON: a JSON array, a paged `{items, metadata}` response or JSONL; files or
-    /// directories.
-    #[arg(long, value_name = "FILE|DIR")]
+    /// directories. An `https://` origin (e.g. `https://civitai.com`) fetches SD 1.5 LoRAs live
+    /// from its `/api/v1/models` (key from CIVITAI_API_KEY), with a resumable page cache in
+    /// `~/.cache/stylus/civitai`.
+    #[arg(long, value_name = "FILE|DIR|URL")]
     pub civitai: Vec<PathBuf>,
+    /// With a live fetch: stop after this many pages (100 models each).
+    #[arg(long, value_name = "N")]
+    pub max_pages: Option<usize>,
     /// A folder of LoRA files (safetensors metadata and sidecar files are read).
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
@@ -61,7 +67,17 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         ));
     }
     let start = Instant::now();
-    let mut read = read_civitai_paths(&args.civitai);
+    let runtime = super::runtime()?;
+    let mut sources = Vec::new();
+    for source in &args.civitai {
+        let text = source.to_string_lossy();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            sources.push(runtime.block_on(fetch_live(&text, args.max_pages))?);
+        } else {
+            sources.push(source.clone());
+        }
+    }
+    let mut read = read_civitai_paths(&sources);
     if let Some(dir) = &args.lora_dir {
         read.extend(read_lora_folder(dir));
     }
@@ -79,7 +95,6 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let previous = open_previous(&args.out);
     let refiner = CardRefiner::default();
     let mut counts = RefreshCounts::default();
-    let runtime = super::runtime()?;
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
         let docs = refine_cards(&cards, &refiner, previous.as_ref(), &mut counts, &|n| {
@@ -137,6 +152,28 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         print_summary(&summary, &args.out);
     }
     Ok(())
+}
+
+/// Fetches `GET {origin}/api/v1/models` (LoRA, SD 1.5) into the page cache; returns its folder.
+async fn fetch_live(origin: &str, max_pages: Option<usize>) -> Result<PathBuf, StylusError> {
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        StylusError::InvalidArgument("HOME is not set: no place for the Civitai page cache".into())
+    })?;
+    let cache = PathBuf::from(home).join(".cache/stylus/civitai");
+    let client = CivitaiClient::new(origin, RetryPolicy::default())?;
+    let query = ModelsQuery {
+        max_pages,
+        ..ModelsQuery::default()
+    };
+    let report = client.fetch_models(&query, &cache).await?;
+    tracing::info!(
+        pages_cached = report.pages_cached,
+        pages_fetched = report.pages_fetched,
+        complete = report.complete,
+        dir = %report.dir.display(),
+        "Civitai fetch done"
+    );
+    Ok(report.dir)
 }
 
 /// The store already at `out`, for an incremental refresh; a broken one is rebuilt from scratch.
