@@ -63,15 +63,30 @@ def main():
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tiny-only", action="store_true", help="time only the tiny UNet")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     generator = torch.Generator().manual_seed(15)
     torch.manual_seed(15)
+    timestep = torch.tensor(500.0)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if not args.tiny_only:
+        result.update(full_size(args, generator, timestep))
+
+    tiny = tiny_unet().eval()
+    tiny_latents = torch.randn((2, 4, 8, 8), generator=generator)
+    tiny_context = torch.randn((2, 77, CONTEXT_DIM), generator=generator)
+    tiny_times = time_forward(tiny, tiny_latents, timestep, tiny_context, 50)
+    result["tiny_8x8_b2_median_ms"] = 1000 * statistics.median(tiny_times)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(json.dumps(result))
+
+
+def full_size(args, generator, timestep):
     unet = sd15_unet().eval()
     latents = torch.randn((2, 4, 64, 64), generator=generator)
     context = torch.randn((2, 77, 768), generator=generator)
-    timestep = torch.tensor(500.0)
 
     unet_dir = args.out_dir / "unet"
     unet_dir.mkdir(parents=True, exist_ok=True)
@@ -84,21 +99,7 @@ def main():
                "noise_pred": noise_pred}, args.out_dir / "reference.safetensors")
 
     full = time_forward(unet, latents, timestep, context, args.runs)
-    del unet
-
-    tiny = tiny_unet().eval()
-    tiny_latents = torch.randn((2, 4, 8, 8), generator=generator)
-    tiny_context = torch.randn((2, 77, CONTEXT_DIM), generator=generator)
-    tiny_times = time_forward(tiny, tiny_latents, timestep, tiny_context, 50)
-
-    print(json.dumps({
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "full_64x64_b2_s": full,
-        "full_64x64_b2_median_s": statistics.median(full),
-        "tiny_8x8_b2_median_ms": 1000 * statistics.median(tiny_times),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-    }))
+    return {"full_64x64_b2_s": full, "full_64x64_b2_median_s": statistics.median(full)}
 
 
 if __name__ == "__main__":

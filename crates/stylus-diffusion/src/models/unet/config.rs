@@ -263,3 +263,73 @@ fn norm_eps() -> f64 {
 fn yes() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(json: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        (dir, path)
+    }
+
+    const SD15: &str = r#"{
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+        "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    }"#;
+
+    #[test]
+    fn sd15_config_json_reads_as_v1_5() {
+        let (_dir, path) = write(SD15);
+        assert_eq!(
+            UNetConfig::from_diffusers_json(&path).unwrap(),
+            UNetConfig::v1_5()
+        );
+    }
+
+    #[test]
+    fn per_level_head_counts_and_other_widths_are_read() {
+        let json = SD15
+            .replace(
+                r#""attention_head_dim": 8"#,
+                r#""attention_head_dim": [5, 10, 20, 20]"#,
+            )
+            .replace(r#""norm_num_groups": 32"#, r#""norm_num_groups": 16"#)
+            .replace("[320, 640, 1280, 1280]", "[160, 320, 640, 640]");
+        let (_dir, path) = write(&json);
+        let config = UNetConfig::from_diffusers_json(&path).unwrap();
+        assert_eq!(config.attention_heads, vec![5, 10, 20, 20]);
+        assert_eq!(config.norm_num_groups, 16);
+        assert_eq!(config.block_out_channels, vec![160, 320, 640, 640]);
+    }
+
+    #[test]
+    fn sdxl_and_sd2_configs_are_refused() {
+        let sdxl = SD15
+            .replace(
+                r#""cross_attention_dim": 768"#,
+                r#""cross_attention_dim": 2048"#,
+            )
+            .replace(
+                r#""in_channels": 4"#,
+                r#""in_channels": 4, "addition_embed_type": "text_time""#,
+            );
+        let sd2 = SD15.replace(
+            r#""cross_attention_dim": 768"#,
+            r#""cross_attention_dim": 1024, "use_linear_projection": true"#,
+        );
+        for (json, name) in [(sdxl, "SDXL"), (sd2, "SD 2.x")] {
+            let (_dir, path) = write(&json);
+            let error = UNetConfig::from_diffusers_json(&path).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+}
