@@ -92,10 +92,14 @@ impl BertEmbedder<CpuBackend> {
         Self::from_dir(hf_snapshot_dir(&cache, repo_id, "main")?)
     }
 
-    /// Loads from `location`: an existing directory, else a repo id in the Hugging Face cache.
+    /// Loads from `location`: an existing directory, or a repo id (`org/name`) in the Hugging
+    /// Face cache. Anything else is treated as a directory, so a mistyped path is reported as such.
     pub fn open(location: &str) -> Result<Self> {
-        if Path::new(location).is_dir() {
-            Self::from_dir(location)
+        let path = Path::new(location);
+        let looks_like_repo_id =
+            !path.is_absolute() && !location.starts_with('.') && location.split('/').count() <= 2;
+        if path.is_dir() || !looks_like_repo_id {
+            Self::from_dir(path)
         } else {
             Self::from_hf_cache(location)
         }
