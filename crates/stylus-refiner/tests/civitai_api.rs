@@ -133,7 +133,7 @@ async fn fetches_all_pages_with_a_429_and_resumes_from_the_cache() {
     assert!(!cached.contains("secret-key"));
 
     // The saved pages are an ordinary dump: 12 real cards, none malformed.
-    let read = read_civitai_paths(&[report.dir.clone()]);
+    let read = read_civitai_paths(std::slice::from_ref(&report.dir));
     assert!(read.malformed.is_empty());
     let ids: Vec<AdapterId> = read.entries.iter().map(|e| e.card.id.clone()).collect();
     let expected: Vec<AdapterId> = real_items(12)
