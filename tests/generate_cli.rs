@@ -179,3 +179,66 @@ fn generate_refuses_bad_input_with_clear_errors() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.safetensors"));
 }
+
+/// Selection on the bundled catalog: the adapters it picks for "a cat" must be found in the LoRA
+/// folder (here: real kohya fixtures under the bundled aliases), are merged, and end up in the
+/// PNG parameters and plan.json; without the files the error lists what to download.
+#[test]
+fn generate_selects_merges_and_records_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = full_vocab::full_vocab_checkpoint(
+        &diffusion_fixture("sd/tiny-ldm.safetensors"),
+        dir.path(),
+    );
+    let run = |out: &Path, extra: &[&Path]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stylus"));
+        command.args([
+            "generate", "--steps", "2", "--width", "16", "--height", "16",
+        ]);
+        command
+            .args(["--batch", "2", "--checkpoint"])
+            .arg(&checkpoint);
+        if let Some(loras) = extra.first() {
+            command.arg("--lora-dir").arg(loras);
+        }
+        command.arg("--out").arg(out).arg("a cat").output().unwrap()
+    };
+    let output = run(&dir.path().join("missing"), &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("download them first"), "{stderr}");
+
+    let loras = dir.path().join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    for (alias, fixture) in [
+        ("stylus_tabby_cat", "kohya_lora"),
+        ("stylus_fluffy_cats", "kohya_locon"),
+    ] {
+        std::fs::copy(
+            diffusion_fixture(&format!("lora/{fixture}.safetensors")),
+            loras.join(format!("{alias}.safetensors")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("selected");
+    let output = run(&out, &[&loras]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    assert!(
+        plan["selection"]["masks"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    );
+    for (i, file) in ["0000.png", "0001.png"].iter().enumerate() {
+        let (_, text) = png_parameters(&out.join(file));
+        assert!(text.contains("<lora:stylus_"), "{text}");
+        assert!(text.contains("Lora hashes: \"stylus_"), "{text}");
+        assert_eq!(plan["images"][i]["parameters"], text.as_str());
+        assert!(!plan["images"][i]["adapters"].as_array().unwrap().is_empty());
+    }
+}

@@ -8,8 +8,10 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::{
-    AdapterId, ExplicitLora, Merger, ResolvedAdapter, SampleJob, Sampler, SamplingParams,
+    AdapterDoc, AdapterId, AdapterLocator, Embedder, ExplicitLora, GenerationRequest, Merger,
+    ResolvedAdapter, Retriever, SampleJob, Sampler, SamplingParams, SelectOptions, Stylus,
     StylusConfig, StylusError, WeightedAdapter,
 };
 use stylus_diffusion::StableDiffusion;
@@ -19,6 +21,9 @@ use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
 };
 use stylus_diffusion::sampler::{SamplingProgress, SdSampler, vae_scale_factor, write_latents};
+use stylus_refiner::locator::FolderLocator;
+use stylus_refiner::store::StylusDocs;
+use stylus_retriever::{ExactRetriever, VectorMatrix};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,7 +37,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
     /// An explicit LoRA, `FILE[:WEIGHT]` (repeatable, weight 1 when left out); disables
-    /// selection.
+    /// selection. Without it (and without --no-select) adapters are selected from --index (or
+    /// the bundled catalog) with the local composer and looked up in --lora-dir.
     #[arg(long, value_name = "FILE[:W]")]
     pub lora: Vec<String>,
     /// Skip adapter selection.
@@ -148,12 +154,7 @@ fn generate<B: Backend>(
         .iter()
         .map(|spec| parse_lora(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    if !args.no_select && explicit.is_empty() {
-        return super::not_implemented(
-            "adapter selection inside `stylus generate` (it needs the index loading of \
-             `stylus select`); pass --no-select, or --lora FILE[:W] for explicit adapters",
-        );
-    }
+    let selecting = !args.no_select && explicit.is_empty();
     let defaults = &config.sampling;
     let sampling = SamplingParams {
         steps: args.steps.unwrap_or(defaults.steps),
@@ -191,41 +192,89 @@ fn generate<B: Backend>(
             .expect("the progress template is valid"),
     );
     let progress_bar = bar.clone();
-    let sampler = SdSampler::new(Arc::new(Mutex::new(model)), tokenizer, device)
-        .with_merger(merger.clone())
-        .with_progress(Arc::new(move |p: SamplingProgress| {
-            progress_bar.set_length(p.steps as u64);
-            progress_bar.set_position(p.step as u64);
-            progress_bar.set_message(format!(
-                "images {}..{}",
-                p.first_image + 1,
-                p.first_image + p.batch
-            ));
-        }));
+    let sampler = Arc::new(
+        SdSampler::new(Arc::new(Mutex::new(model)), tokenizer, device)
+            .with_merger(merger.clone())
+            .with_progress(Arc::new(move |p: SamplingProgress| {
+                progress_bar.set_length(p.steps as u64);
+                progress_bar.set_position(p.step as u64);
+                progress_bar.set_message(format!(
+                    "images {}..{}",
+                    p.first_image + 1,
+                    p.first_image + p.batch
+                ));
+            })),
+    );
 
-    // Explicit adapters apply to every image: one merge, one job.
-    let resolved: Vec<ResolvedAdapter> = explicit
-        .iter()
-        .map(|lora| ResolvedAdapter {
-            adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
-            path: lora.path.clone(),
-        })
-        .collect();
-    merger.set_adapters(&resolved)?;
-    let job = SampleJob {
-        prompt: stylus_core::strip_lora_tags(&args.prompt),
-        negative_prompt: args.negative.clone(),
-        seed: args.seed,
-        first_image: 0,
-        batch: args.batch,
-        sampling: sampling.clone(),
-        init_latents: args.latents.clone(),
-        keep_latents: args.save_latents.is_some(),
+    let locator = args
+        .lora_dir
+        .as_ref()
+        .map(FolderLocator::new)
+        .transpose()?
+        .map(Arc::new);
+    let (images, selection) = if selecting {
+        let (embedder, retriever) = match &args.index {
+            Some(dir) => store_stages(dir)?,
+            None => super::select::bundled()?,
+        };
+        let mut builder = Stylus::builder()
+            .config(config.clone())
+            .embedder(embedder)
+            .retriever(retriever)
+            .composer(Arc::new(LocalComposer::new(config.composer.clone())))
+            .masker(Arc::new(StrategyMasker::new(config.masks.strategy)))
+            .merger(merger.clone())
+            .sampler(sampler.clone());
+        if let Some(locator) = &locator {
+            builder = builder.locator(locator.clone());
+        }
+        let stylus = builder.build()?;
+        let runtime = super::runtime()?;
+        let options = SelectOptions {
+            batch: Some(args.batch),
+            seed: args.seed,
+        };
+        let plan = runtime.block_on(stylus.select_with(&args.prompt, options))?;
+        let request = GenerationRequest {
+            prompt: args.prompt.clone(),
+            negative_prompt: args.negative.clone(),
+            batch: args.batch,
+            seed: args.seed,
+            sampling: sampling.clone(),
+            select: true,
+            explicit_loras: Vec::new(),
+            init_latents: args.latents.clone(),
+            keep_latents: args.save_latents.is_some(),
+        };
+        let images = runtime.block_on(stylus.generate(&request))?;
+        let plan = serde_json::to_value(&plan).expect("a selection plan serializes");
+        (images, Some(plan))
+    } else {
+        // Explicit adapters apply to every image: one merge, one job.
+        let resolved: Vec<ResolvedAdapter> = explicit
+            .iter()
+            .map(|lora| ResolvedAdapter {
+                adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
+                path: lora.path.clone(),
+            })
+            .collect();
+        merger.set_adapters(&resolved)?;
+        let job = SampleJob {
+            prompt: stylus_core::strip_lora_tags(&args.prompt),
+            negative_prompt: args.negative.clone(),
+            seed: args.seed,
+            first_image: 0,
+            batch: args.batch,
+            sampling: sampling.clone(),
+            init_latents: args.latents.clone(),
+            keep_latents: args.save_latents.is_some(),
+        };
+        let mut images = sampler.sample(&job)?;
+        for image in &mut images {
+            image.adapters = resolved.iter().map(|r| r.adapter.clone()).collect();
+        }
+        (images, None)
     };
-    let mut images = sampler.sample(&job)?;
-    for image in &mut images {
-        image.adapters = resolved.iter().map(|r| r.adapter.clone()).collect();
-    }
     bar.finish_and_clear();
 
     let model_info = ModelInfo {
@@ -239,18 +288,20 @@ fn generate<B: Backend>(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
     };
-    let lora_hashes = resolved
-        .iter()
-        .map(|r| {
-            Ok(LoraHash {
-                alias: r.adapter.alias.clone(),
-                hash: lora_short_hash(&r.path)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StylusError>>()?;
     let mut plan_images = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {
         let file = format!("{i:04}.png");
+        let lora_hashes = image
+            .adapters
+            .iter()
+            .map(|adapter| {
+                let path = adapter_path(adapter, locator.as_deref())?;
+                Ok(LoraHash {
+                    alias: adapter.alias.clone(),
+                    hash: lora_short_hash(&path)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StylusError>>()?;
         let parameters = a1111_parameters(image, &model_info, &lora_hashes);
         write_png(&args.out.join(&file), image, &parameters)?;
         println!("{}", args.out.join(&file).display());
@@ -276,12 +327,40 @@ fn generate<B: Backend>(
         checkpoint: &args.checkpoint,
         model_hash: model_info.hash.as_deref(),
         sampling: &sampling,
-        selection: None,
+        selection,
         images: plan_images,
     };
     let plan_path = args.out.join("plan.json");
     let json = serde_json::to_string_pretty(&plan).expect("the plan serializes");
     std::fs::write(&plan_path, json + "\n").map_err(|e| StylusError::io(&plan_path, e))
+}
+
+/// The file of an adapter that was merged: its own path for explicit ones, else the locator's.
+fn adapter_path(
+    adapter: &WeightedAdapter,
+    locator: Option<&FolderLocator>,
+) -> Result<PathBuf, StylusError> {
+    if let AdapterId::Local(path) = &adapter.id
+        && Path::new(path).is_file()
+    {
+        return Ok(PathBuf::from(path));
+    }
+    let found = match locator {
+        Some(locator) => locator.locate(adapter)?,
+        None => None,
+    };
+    found.ok_or_else(|| StylusError::adapter(&adapter.id, "merged, but its file is gone"))
+}
+
+/// Embedder and exact retriever over a StylusDocs store.
+fn store_stages(dir: &Path) -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+    let store = StylusDocs::open(dir)?;
+    let embedder = super::retrieve::store_embedder(&store)?;
+    let dim = store.dim();
+    let (docs, vectors) = store.into_parts();
+    let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
+    let retriever = ExactRetriever::new(docs, VectorMatrix::new(dim, vectors)?)?;
+    Ok((embedder, Arc::new(retriever)))
 }
 
 /// `FILE[:WEIGHT]`; the weight is what follows the last `:` when it parses as a number (so
