@@ -71,6 +71,11 @@ impl<B: Backend> LoraMerger<B> {
         device: &B::Device,
     ) -> Self {
         let table = TargetTable::from_models(&unet, unet_config, &text_encoder);
+        // A lazily initialized parameter's clone initializes on its own (burn `Param::clone`),
+        // so the active models could drift from the base; materialize everything once (a no-op
+        // for loaded checkpoints).
+        unet.visit(&mut Materialize);
+        text_encoder.visit(&mut Materialize);
         let base = ActiveModels { text_encoder, unet };
         Self {
             table,
@@ -206,6 +211,15 @@ impl<B: Backend> Merger for LoraMerger<B> {
             })
             .collect();
         self.merge(&strengths)
+    }
+}
+
+/// Forces lazy parameters to their values.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        param.val();
     }
 }
 
