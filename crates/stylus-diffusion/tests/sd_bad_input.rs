@@ -186,7 +186,9 @@ fn sdxl_and_sd2_files_are_refused_with_the_architecture_named() {
         (Dtype::F32, shape, vec![0u8; count * 4])
     };
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<(&str, Vec<usize>)>, &str); 3] = [
+    // (file name, tensors with their shapes, architecture the error must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<usize>)>, &'a str);
+    let cases: [Case<'_>; 3] = [
         (
             "sdxl.safetensors",
             vec![
