@@ -363,9 +363,7 @@ fn base_role(w: &str) -> Role {
         Role::Determiner
     } else if PREPOSITIONS.contains(&w) {
         Role::Preposition
-    } else if FUNCTION_WORDS.contains(&w) {
-        Role::Function
-    } else if FINITE_VERBS.contains(&w) {
+    } else if FUNCTION_WORDS.contains(&w) || FINITE_VERBS.contains(&w) {
         Role::Function
     } else if ADVERBS.contains(&w) || (w.len() > 5 && w.ends_with("ly") && !LY_NOUNS.contains(&w)) {
         Role::Skip

@@ -175,6 +175,26 @@ pub fn evaluate_segmentation(
     report
 }
 
+/// Baseline segmenter: the whole prompt is one topic.
+pub fn whole_prompt_baseline(prompt: &str) -> Vec<String> {
+    vec![prompt.to_string()]
+}
+
+/// Baseline segmenter: every word that is not an article, preposition, conjunction, auxiliary or
+/// small number is a topic of its own.
+pub fn content_words_baseline(prompt: &str) -> Vec<String> {
+    const STOP: &[&str] = &[
+        "a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "is", "are", "was",
+        "were", "by", "for", "from", "it", "its", "this", "that", "some", "two", "three", "four",
+        "five",
+    ];
+    prompt
+        .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-'))
+        .filter(|w| !w.is_empty() && !STOP.contains(&w.to_lowercase().as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Lower case, whitespace collapsed.
 pub fn normalize(topic: &str) -> String {
     topic
@@ -196,9 +216,12 @@ fn word_set(topics: &[String]) -> HashSet<String> {
     topics.iter().flat_map(|t| words(t)).collect()
 }
 
+/// A CSV record's fields with the 1-based line it starts on.
+type CsvRecord = (usize, Vec<String>);
+
 /// RFC 4180 records with the 1-based line each starts on. Quoted fields may hold commas, doubled
 /// quotes and newlines.
-fn parse_csv(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn parse_csv(text: &str) -> std::result::Result<Vec<CsvRecord>, (usize, String)> {
     let mut records = Vec::new();
     let mut record = Vec::new();
     let mut field = String::new();
@@ -448,6 +471,15 @@ mod tests {
         let perfect = evaluate_segmentation(&rows, |_| vec!["man".into(), "horse".into()]);
         assert_eq!(perfect.topic.f1, 1.0);
         assert_eq!(perfect.word.f1, 1.0);
+    }
+
+    #[test]
+    fn baselines_cut_as_documented() {
+        assert_eq!(whole_prompt_baseline("a cat, a dog"), ["a cat, a dog"]);
+        assert_eq!(
+            content_words_baseline("A cat's toy on the red-brick wall"),
+            ["cat's", "toy", "red-brick", "wall"]
+        );
     }
 
     #[test]
