@@ -5,10 +5,11 @@
 //! and 75K made by replicating them with perturbations (new ids, a title suffix, tags rotated and
 //! one dropped, description cut at another length), so every copy has its own vector. Documents
 //! are refined with the default `CardRefiner` and embedded with the offline `LexicalEmbedder`
-//! (4096 buckets, fitted on the catalog). The real catalog is searched with HNSW (the configured
-//! M/ef), as `stylus select --index` does on a store with an index; the 75K one with the exact
-//! scan, because building a 75K x 4096 graph takes far longer than a bench setup should (the ~7K
-//! graph alone took 120 s on the shared 2-core box). Prompts: the PartiPrompts captions, cycled.
+//! (4096 buckets, fitted on the catalog) and searched with the `SparseRetriever` (exact, inverted
+//! index), as `stylus select` does for lexical stores and the bundled catalog. Set
+//! `STYLUS_BENCH_DENSE=1` to compare with the dense alternatives instead: HNSW on the real catalog
+//! and the exact scan at 75K (a 75K x 4096 graph takes far longer to build than a bench setup
+//! should). Prompts: the PartiPrompts captions, cycled.
 //!
 //! Besides criterion's estimate, the setup prints p50/p99 over single calls and the median split
 //! into embed / retrieve / compose (from the plan's own timings).
@@ -29,7 +30,7 @@ use stylus_refiner::civitai::read_civitai_paths;
 use stylus_refiner::filters::CardFilter;
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_core::Retriever;
-use stylus_retriever::{ExactRetriever, HnswRetriever, VectorMatrix};
+use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
 const LARGE: usize = 75_000;
@@ -71,7 +72,15 @@ fn scaled(cards: &[AdapterCard], n: usize) -> Vec<AdapterCard> {
         .collect()
 }
 
-fn pipeline(cards: &[AdapterCard], config: &StylusConfig, hnsw: bool) -> Stylus {
+/// Which search the bench runs.
+#[derive(Debug, Clone, Copy)]
+enum Search {
+    Sparse,
+    Hnsw,
+    Exact,
+}
+
+fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Stylus {
     let t = Instant::now();
     let refiner = CardRefiner::default();
     let docs: Vec<AdapterDoc> = cards.iter().map(|c| refiner.refine_card(c)).collect();
@@ -84,12 +93,17 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, hnsw: bool) -> Stylus 
     let embedded = t.elapsed().as_secs_f64();
     let id = stylus_core::Embedder::id(&embedder);
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
-    let matrix = VectorMatrix::new(DEFAULT_DIM, vectors).unwrap();
     let t = Instant::now();
-    let retriever: Arc<dyn Retriever> = if hnsw {
-        Arc::new(HnswRetriever::build(docs, matrix, id, config.retriever.hnsw).unwrap())
-    } else {
-        Arc::new(ExactRetriever::new(docs, matrix).unwrap())
+    let retriever: Arc<dyn Retriever> = match search {
+        Search::Sparse => Arc::new(SparseRetriever::new(docs, DEFAULT_DIM, &vectors).unwrap()),
+        Search::Hnsw => {
+            let matrix = VectorMatrix::new(DEFAULT_DIM, vectors).unwrap();
+            Arc::new(HnswRetriever::build(docs, matrix, id, config.retriever.hnsw).unwrap())
+        }
+        Search::Exact => {
+            let matrix = VectorMatrix::new(DEFAULT_DIM, vectors).unwrap();
+            Arc::new(ExactRetriever::new(docs, matrix).unwrap())
+        }
     };
     eprintln!(
         "{} docs: refine+embed {embedded:.1} s, index build {:.1} s",
@@ -153,11 +167,17 @@ fn select(c: &mut Criterion) {
     let real = real_cards(&config);
     let mut group = c.benchmark_group("select_local_composer");
     group.sample_size(30);
-    for (label, cards, hnsw) in [
-        (format!("{}_real_cards_hnsw", real.len()), real.clone(), true),
-        (format!("{LARGE}_scaled_cards_exact"), scaled(&real, LARGE), false),
+    let dense = std::env::var("STYLUS_BENCH_DENSE").is_ok_and(|v| v == "1");
+    let (small, large) = if dense {
+        (Search::Hnsw, Search::Exact)
+    } else {
+        (Search::Sparse, Search::Sparse)
+    };
+    for (label, cards, search) in [
+        (format!("{}_real_cards_{small:?}", real.len()), real.clone(), small),
+        (format!("{LARGE}_scaled_cards_{large:?}"), scaled(&real, LARGE), large),
     ] {
-        let stylus = pipeline(&cards, &config, hnsw);
+        let stylus = pipeline(&cards, &config, search);
         drop(cards);
         report(&label, &stylus, &prompts, &runtime);
         let options = SelectOptions {

@@ -17,6 +17,7 @@ pub mod hybrid;
 pub mod lexical;
 pub mod persist;
 pub mod select;
+pub mod sparse;
 pub mod synthetic;
 pub mod vectors;
 
@@ -25,4 +26,5 @@ pub use hnsw::HnswRetriever;
 pub use hybrid::{FusionConfig, HybridRetriever};
 pub use lexical::{LexicalConfig, LexicalIndex};
 pub use select::Hit;
+pub use sparse::SparseRetriever;
 pub use vectors::VectorMatrix;
