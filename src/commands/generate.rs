@@ -352,8 +352,11 @@ fn adapter_path(
     found.ok_or_else(|| StylusError::adapter(&adapter.id, "merged, but its file is gone"))
 }
 
+/// The selection stages that read a catalog.
+type SearchStages = (Arc<dyn Embedder>, Arc<dyn Retriever>);
+
 /// Embedder and exact retriever over a StylusDocs store.
-fn store_stages(dir: &Path) -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+fn store_stages(dir: &Path) -> Result<SearchStages, StylusError> {
     let store = StylusDocs::open(dir)?;
     let embedder = super::retrieve::store_embedder(&store)?;
     let dim = store.dim();

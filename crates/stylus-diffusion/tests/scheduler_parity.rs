@@ -98,7 +98,7 @@ fn schedulers_match_diffusers_step_by_step() {
         if !case["sigmas"].is_null() {
             assert_close_scalars(
                 &format!("{name}: sigmas"),
-                &scheduler.sigmas().unwrap(),
+                scheduler.sigmas().unwrap(),
                 &floats("sigmas"),
             );
         }
