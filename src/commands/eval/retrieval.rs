@@ -175,8 +175,8 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
                 // The tuning grid of the fusion.
                 for (name, rrf_k, lexical_weight) in [
                     ("hybrid rrf_k=20", 20.0, 1.0),
-                    ("hybrid lexical x0.5", 60.0, 0.5),
-                    ("hybrid lexical x2", 60.0, 2.0),
+                    ("hybrid lexical x1", 60.0, 1.0),
+                    ("hybrid lexical x2 rrf_k=20", 20.0, 2.0),
                 ] {
                     let fusion = FusionConfig {
                         rrf_k,
