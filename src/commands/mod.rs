@@ -11,11 +11,6 @@ pub mod select;
 
 use stylus_core::StylusError;
 
-/// The honest answer of a subcommand that is not built yet (exit code 2).
-pub fn not_implemented(what: &str) -> Result<(), StylusError> {
-    Err(StylusError::NotImplemented(what.to_string()))
-}
-
 /// A tokio runtime for the async pipeline stages.
 pub fn runtime() -> Result<tokio::runtime::Runtime, StylusError> {
     tokio::runtime::Builder::new_multi_thread()
