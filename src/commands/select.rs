@@ -19,6 +19,9 @@ use stylus_refiner::store::StylusDocs;
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
 
+/// An embedder and the retriever over vectors it made.
+pub(crate) type Search = (Arc<dyn Embedder>, Arc<dyn Retriever>);
+
 /// Masks listed in the human output before "... and N more".
 const MASKS_SHOWN: usize = 16;
 
@@ -148,7 +151,7 @@ fn build(
 }
 
 /// The bundled catalog behind the sparse retriever (its vectors are lexical).
-pub(crate) fn bundled() -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+pub(crate) fn bundled() -> Result<Search, StylusError> {
     let catalog = stylus_refiner::bundled::load()?;
     let dim = catalog.embedder.dim();
     let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
@@ -162,7 +165,7 @@ pub(crate) fn bundled() -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), Stylu
 fn open_store(
     dir: &std::path::Path,
     config: &StylusConfig,
-) -> Result<(Arc<dyn Embedder>, Arc<dyn Retriever>), StylusError> {
+) -> Result<Search, StylusError> {
     let store = StylusDocs::open(dir)?;
     let embedder = super::retrieve::store_embedder(&store)?;
     let embedder_id = store.embedder_id().to_string();
