@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stylus_composer::{LocalComposer, StrategyMasker, read_parti_csv};
+use stylus_core::Retriever;
 use stylus_core::{
     AdapterCard, AdapterDoc, AdapterId, MaskStrategy, SelectOptions, Stylus, StylusConfig,
 };
@@ -29,7 +30,6 @@ use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::read_civitai_paths;
 use stylus_refiner::filters::CardFilter;
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
-use stylus_core::Retriever;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
@@ -45,7 +45,9 @@ fn real_cards(config: &StylusConfig) -> Vec<AdapterCard> {
 
 /// `n` cards: the real ones, then perturbed copies.
 fn scaled(cards: &[AdapterCard], n: usize) -> Vec<AdapterCard> {
-    let suffixes = ["v2", "Redux", "Alt", "XL-port", "Remix", "Lite", "Plus", "Mk II", "Soft", "HD"];
+    let suffixes = [
+        "v2", "Redux", "Alt", "XL-port", "Remix", "Lite", "Plus", "Mk II", "Soft", "HD",
+    ];
     (0..n)
         .map(|i| {
             let base = &cards[i % cards.len()];
@@ -174,8 +176,16 @@ fn select(c: &mut Criterion) {
         (Search::Sparse, Search::Sparse)
     };
     for (label, cards, search) in [
-        (format!("{}_real_cards_{small:?}", real.len()), real.clone(), small),
-        (format!("{LARGE}_scaled_cards_{large:?}"), scaled(&real, LARGE), large),
+        (
+            format!("{}_real_cards_{small:?}", real.len()),
+            real.clone(),
+            small,
+        ),
+        (
+            format!("{LARGE}_scaled_cards_{large:?}"),
+            scaled(&real, LARGE),
+            large,
+        ),
     ] {
         let stylus = pipeline(&cards, &config, search);
         drop(cards);

@@ -37,7 +37,9 @@ impl Composer for CommaComposer {
                 let part_words = words(part);
                 let pick = candidates.iter().find(|c| {
                     !used.contains(c.doc.id())
-                        && words(&c.doc.card.title).iter().any(|w| part_words.contains(w))
+                        && words(&c.doc.card.title)
+                            .iter()
+                            .any(|w| part_words.contains(w))
                 });
                 let adapters = pick.map(|c| c.doc.clone()).into_iter().collect::<Vec<_>>();
                 used.extend(adapters.iter().map(|d| d.id().clone()));

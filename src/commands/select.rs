@@ -162,10 +162,7 @@ pub(crate) fn bundled() -> Result<Search, StylusError> {
 /// A store with its embedder. Lexical vectors (mostly zeros) are searched with the sparse
 /// inverted index, which is exact and much faster than a graph at 4096 dims; dense vectors with
 /// the store's HNSW index when it has one, else exactly.
-fn open_store(
-    dir: &std::path::Path,
-    config: &StylusConfig,
-) -> Result<Search, StylusError> {
+fn open_store(dir: &std::path::Path, config: &StylusConfig) -> Result<Search, StylusError> {
     let store = StylusDocs::open(dir)?;
     let embedder = super::retrieve::store_embedder(&store)?;
     let embedder_id = store.embedder_id().to_string();
@@ -176,7 +173,10 @@ fn open_store(
     let (docs, vectors) = store.into_parts();
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     if lexical {
-        return Ok((embedder, Arc::new(SparseRetriever::new(docs, dim, &vectors)?)));
+        return Ok((
+            embedder,
+            Arc::new(SparseRetriever::new(docs, dim, &vectors)?),
+        ));
     }
     let vectors = VectorMatrix::new(dim, vectors)?;
     let retriever: Arc<dyn Retriever> = if has_index {
@@ -274,4 +274,75 @@ fn print_plan(
         "timings: embed {:.2} ms, retrieve {:.2} ms, compose {:.2} ms ({} candidates)",
         t.embed, t.retrieve, t.compose, plan.candidates
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(prompt: &str) -> Args {
+        Args {
+            index: None,
+            composer: "local".into(),
+            masks: None,
+            batch: Some(3),
+            seed: 1,
+            prompts: None,
+            json: true,
+            prompt: Some(prompt.into()),
+        }
+    }
+
+    #[test]
+    fn bundled_select_gives_the_plan_of_the_issue() {
+        let config = StylusConfig::default();
+        let stylus = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
+        let options = SelectOptions {
+            batch: Some(3),
+            seed: 1,
+        };
+        let prompt = "a corgi wearing a cowboy hat on the moon, watercolor painting";
+        let plan = super::super::runtime()
+            .unwrap()
+            .block_on(stylus.select_with(prompt, options))
+            .unwrap();
+        let topics: Vec<&str> = plan.topics.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["corgi", "cowboy hat", "moon", "watercolor painting"]
+        );
+        let titles = |t: usize| -> Vec<&str> {
+            plan.topics[t]
+                .adapters
+                .iter()
+                .map(|a| a.title.as_str())
+                .collect()
+        };
+        assert_eq!(titles(0), ["Corgi Dog"]);
+        assert_eq!(titles(1), ["Cowboy Hat"]);
+        assert_eq!(plan.masks.len(), 3);
+        assert!(
+            plan.a1111_prompt
+                .starts_with(&format!("{prompt}, realistic, best quality <lora:"))
+        );
+        let json = serde_json::to_value(&plan).unwrap();
+        for key in ["prompt", "topics", "masks", "a1111_prompt", "timings_ms"] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+        let adapter = &json["topics"][0]["adapters"][0];
+        for key in [
+            "id",
+            "title",
+            "alias",
+            "weight",
+            "category",
+            "trigger_words",
+        ] {
+            assert!(adapter.get(key).is_some(), "{key}");
+        }
+        assert!(build(&args("x"), &config, MaskStrategy::All).is_ok());
+        let mut bad = args("x");
+        bad.composer = "gpt".into();
+        assert!(build(&bad, &config, MaskStrategy::All).is_err());
+    }
 }

@@ -105,9 +105,18 @@ mod tests {
             &d.card.id,
             AdapterId::Local(id) if id.starts_with("bundled:")
         )));
-        assert!(catalog.docs.iter().all(|d| d.card.file.is_none() && !d.card.nsfw));
+        assert!(
+            catalog
+                .docs
+                .iter()
+                .all(|d| d.card.file.is_none() && !d.card.nsfw)
+        );
         // Weights come from the cards' own text through the refiner's rule.
-        let style = catalog.docs.iter().find(|d| d.category == Category::Style).unwrap();
+        let style = catalog
+            .docs
+            .iter()
+            .find(|d| d.category == Category::Style)
+            .unwrap();
         assert!((style.recommended_weight - 0.7).abs() < 1e-6);
 
         let dim = catalog.embedder.dim();
@@ -138,7 +147,10 @@ mod tests {
         let text = "{\"category\": \"style\", \"id\": \"bundled:a\", \"title\": \"A\", \"adapter_type\": \"LORA\"}\n\
                     {\"category\": \"dance\", \"id\": \"bundled:b\", \"title\": \"B\", \"adapter_type\": \"LORA\"}\n";
         let err = parse_cards(text, "cards.jsonl").unwrap_err().to_string();
-        assert!(err.contains("cards.jsonl:2") && err.contains("dance"), "{err}");
+        assert!(
+            err.contains("cards.jsonl:2") && err.contains("dance"),
+            "{err}"
+        );
         let err = parse_cards("{\"category\": \"style\"}\n", "cards.jsonl")
             .unwrap_err()
             .to_string();

@@ -210,8 +210,8 @@ mod tests {
         // Four in five are nsfw: the best 2k rarely hold k that pass, so the window must widen.
         let docs: Vec<Arc<AdapterDoc>> = (0..n).map(|i| doc(i as u64, i % 5 != 0)).collect();
         let sparse = SparseRetriever::new(docs.clone(), dim, &vectors).unwrap();
-        let exact = ExactRetriever::new(docs, VectorMatrix::new(dim, vectors.clone()).unwrap())
-            .unwrap();
+        let exact =
+            ExactRetriever::new(docs, VectorMatrix::new(dim, vectors.clone()).unwrap()).unwrap();
         let filter = RetrievalFilter::default(); // drops the nsfw four fifths
         for q in 0..10 {
             let query = &vectors[q * dim..(q + 1) * dim];
@@ -220,7 +220,12 @@ mod tests {
             assert_eq!(a.len(), 50);
             assert!(a.iter().all(|c| !c.doc.card.nsfw));
             for (x, y) in a.iter().zip(&b) {
-                assert!((x.score - y.score).abs() < 1e-5, "{} vs {}", x.score, y.score);
+                assert!(
+                    (x.score - y.score).abs() < 1e-5,
+                    "{} vs {}",
+                    x.score,
+                    y.score
+                );
             }
             let ids_a: Vec<_> = a.iter().map(|c| c.doc.id().clone()).collect();
             let ids_b: Vec<_> = b.iter().map(|c| c.doc.id().clone()).collect();
@@ -243,7 +248,11 @@ mod tests {
         let ids: Vec<_> = got.iter().map(|c| c.doc.id().clone()).collect();
         assert_eq!(
             ids,
-            [AdapterId::Civitai(2), AdapterId::Civitai(0), AdapterId::Civitai(1)]
+            [
+                AdapterId::Civitai(2),
+                AdapterId::Civitai(0),
+                AdapterId::Civitai(1)
+            ]
         );
         assert_eq!(got[0].score, 1.0);
         assert_eq!(got[1].score, 0.0);

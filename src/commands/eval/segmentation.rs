@@ -13,8 +13,14 @@ pub fn run(args: &SegmentationArgs) -> Result<(), StylusError> {
         segment(prompt).into_iter().map(|s| s.text).collect()
     });
     let baselines = [
-        ("whole_prompt", evaluate_segmentation(&rows, whole_prompt_baseline)),
-        ("content_words", evaluate_segmentation(&rows, content_words_baseline)),
+        (
+            "whole_prompt",
+            evaluate_segmentation(&rows, whole_prompt_baseline),
+        ),
+        (
+            "content_words",
+            evaluate_segmentation(&rows, content_words_baseline),
+        ),
     ];
     if args.json {
         let json = serde_json::json!({
