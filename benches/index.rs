@@ -16,7 +16,10 @@ use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::store::{NewStore, StylusDocs};
 
 fn civitai_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/civitai"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/civitai"
+    ))
 }
 
 fn kept_cards() -> Vec<AdapterCard> {
@@ -36,7 +39,12 @@ fn bench_index(c: &mut Criterion) {
     assert_eq!(cards.len(), 6_978);
     let refiner = CardRefiner::default();
     group.bench_function("refine_card", |b| {
-        b.iter(|| cards.iter().map(|c| refiner.refine_card(c)).collect::<Vec<_>>())
+        b.iter(|| {
+            cards
+                .iter()
+                .map(|c| refiner.refine_card(c))
+                .collect::<Vec<_>>()
+        })
     });
 
     let docs: Vec<_> = cards.iter().map(|c| refiner.refine_card(c)).collect();

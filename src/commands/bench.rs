@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stylus_core::{SampleJob, Sampler, SamplingParams, StylusConfig, StylusError};
-use stylus_diffusion::StableDiffusion;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use stylus_core::{SampleJob, Sampler, SamplingParams, StylusConfig, StylusError};
+use stylus_diffusion::StableDiffusion;
 use stylus_diffusion::clip_tokenizer::ClipTokenizer;
 use stylus_diffusion::lora::merger::{AdapterStrength, LoraMerger};
 use stylus_diffusion::sampler::SdSampler;
@@ -141,10 +141,10 @@ fn bench<B: Backend>(
         write_f32(path, "out", &values, &dims)?;
     }
 
-    let first = |t: Tensor<B, 4>| t.slice([0..1]);
+    let first = |t: Tensor<B, 4>| t.narrow(0, 0, 1);
     for batch in [1usize, 2, 8] {
         let x = first(latents.clone()).repeat_dim(0, batch);
-        let c = context.clone().slice([0..1]).repeat_dim(0, batch);
+        let c = context.clone().narrow(0, 0, 1).repeat_dim(0, batch);
         let ms = time_ms(
             3,
             args.iters,
