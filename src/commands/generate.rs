@@ -106,14 +106,22 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             config,
             stylus_diffusion::backend::wgpu_device()?,
         ),
-        "cuda" | "wgpu" => Err(StylusError::Device(format!(
-            "this build has no `{0}` support; rebuild with `--features {0}`",
-            args.device
-        ))),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err(missing_feature("cuda")),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => Err(missing_feature("wgpu")),
         other => Err(StylusError::InvalidArgument(format!(
             "unknown device `{other}`; expected cpu, wgpu or cuda"
         ))),
     }
+}
+
+/// The error for a GPU device this build was compiled without.
+#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
+fn missing_feature(device: &str) -> StylusError {
+    StylusError::Device(format!(
+        "this build has no `{device}` support; rebuild with `--features {device}`"
+    ))
 }
 
 /// What `plan.json` records: the request and, per image, the file and its recipe.
