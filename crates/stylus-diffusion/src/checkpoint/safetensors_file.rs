@@ -10,6 +10,8 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use stylus_core::{Result, StylusError};
 
+use crate::lora::file::decode_floats;
+
 /// File extensions of pickle-based PyTorch checkpoints, which can run arbitrary code on load.
 const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl"];
 
@@ -140,27 +142,4 @@ impl SafetensorsFile {
             }
         })
     }
-}
-
-/// Little-endian float payload to f32; `None` for non-float dtypes.
-fn decode_floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        _ => return None,
-    })
 }
