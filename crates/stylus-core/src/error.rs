@@ -103,10 +103,6 @@ pub enum StylusError {
     /// A pipeline stage needed for this call was not configured (e.g. `generate` without a sampler).
     #[error("pipeline is missing its {0}; configure it with the builder")]
     MissingStage(&'static str),
-
-    /// A feature that is planned but not built yet. Never used to fake a result.
-    #[error("not implemented yet: {0}")]
-    NotImplemented(String),
 }
 
 impl StylusError {
@@ -155,11 +151,11 @@ impl StylusError {
         }
     }
 
-    /// The process exit code the CLI uses for this error: 2 for usage problems and features that
-    /// are not built yet, 1 for everything else.
+    /// The process exit code the CLI uses for this error: 2 for usage problems and a pipeline
+    /// missing a stage, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::InvalidArgument(_) | Self::NotImplemented(_) | Self::MissingStage(_) => 2,
+            Self::InvalidArgument(_) | Self::MissingStage(_) => 2,
             _ => 1,
         }
     }

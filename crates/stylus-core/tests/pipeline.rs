@@ -406,7 +406,8 @@ fn errors_carry_their_context() {
         message: "rate limited after 3 retries".into(),
     };
     assert!(e.to_string().ends_with("(status 429)"));
-    assert_eq!(StylusError::NotImplemented("merge".into()).exit_code(), 2);
+    assert_eq!(StylusError::InvalidArgument("K = 0".into()).exit_code(), 2);
+    assert_eq!(e.exit_code(), 1);
 }
 
 #[test]
