@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use stylus_core::openai::testing::{StubReply, StubServer};
 use stylus_refiner::lexical::LexicalEmbedder;
 use stylus_refiner::store::StylusDocs;
 
@@ -86,4 +87,69 @@ fn index_without_inputs_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// `--refiner vlm` against a stub OpenAI-compatible server on 127.0.0.1: every kept card is
+/// asked once, answers land in the store and in the cache, a re-run asks nothing, and a server
+/// that never answers usable JSON fails the run with an error naming the card.
+#[test]
+fn index_with_the_vlm_refiner_asks_each_card_once_and_resumes_from_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cards = dir.path().join("cards.jsonl");
+    let text = std::fs::read_to_string(part7()).unwrap();
+    let head: Vec<&str> = text.lines().take(6).collect();
+    std::fs::write(&cards, head.join("\n")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reply = r#"{"description": "Soft pastel portraits.", "recommended_weight": 0.6}"#;
+    let good = runtime.block_on(StubServer::sequence(vec![StubReply::chat(reply)]));
+    let out = dir.path().join("store");
+    let run = |server: &StubServer, out: &PathBuf| {
+        Command::new(env!("CARGO_BIN_EXE_stylus"))
+            .args(["index", "--json", "--refiner", "vlm:stub-vlm", "--civitai"])
+            .arg(&cards)
+            .arg("--out")
+            .arg(out)
+            .env("HOME", dir.path())
+            .env("STYLUS_VLM_BASE_URL", server.base_url())
+            .env_remove("STYLUS_VLM_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let output = run(&good, &out);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let kept = summary["kept"].as_u64().unwrap() as usize;
+    assert!(kept >= 3, "{summary}");
+    assert_eq!(good.request_count(), kept);
+    assert_eq!(good.requests()[0].json()["model"], "stub-vlm");
+    let store = StylusDocs::open(&out).unwrap();
+    for doc in store.docs() {
+        assert_eq!(doc.refiner, "vlm:stub-vlm");
+        assert_eq!(doc.description, "Soft pastel portraits.");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".cache/stylus/vlm"))
+            .unwrap()
+            .count(),
+        kept
+    );
+
+    // A fresh store from the same cards: every answer comes from the cache.
+    let output = run(&good, &dir.path().join("store2"));
+    assert!(output.status.success());
+    assert_eq!(good.request_count(), kept);
+
+    // Garbage from the model, with nothing cached: the run fails, naming a card.
+    std::fs::remove_dir_all(dir.path().join(".cache/stylus/vlm")).unwrap();
+    let bad = runtime.block_on(StubServer::sequence(vec![StubReply::chat("no JSON here")]));
+    let output = run(&bad, &dir.path().join("store3"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refining failed"), "{stderr}");
+    assert!(!dir.path().join("store3").exists());
 }

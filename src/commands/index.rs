@@ -7,7 +7,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use stylus_core::openai::{OpenAiClient, OpenAiConfig};
-use stylus_core::{AdapterCard, Embedder, StylusConfig, StylusError};
+use stylus_core::{AdapterCard, Embedder, Refiner, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, CpuBackend, default_minilm_dir};
 use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::{CatalogRead, read_civitai_paths};
@@ -18,6 +18,7 @@ use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
 use stylus_refiner::store::{MANIFEST_FILE, NewStore, StylusDocs};
+use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,9 +37,17 @@ pub struct Args {
     /// Output directory of the StylusDocs store.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Embedder: `lexical` (no weights), `bert[:DIR]` (MiniLM-class model) or `openai`.
+    /// Embedder: `lexical` (no weights), `bert[:DIR]` (MiniLM-class model) or `openai[:MODEL]`
+    /// (an OpenAI-compatible `/v1/embeddings`: STYLUS_EMBED_BASE_URL, STYLUS_EMBED_API_KEY, else
+    /// OPENAI_BASE_URL, OPENAI_API_KEY).
     #[arg(long, default_value = "lexical")]
     pub embedder: String,
+    /// Refiner: `card` (offline rules over the card's text) or `vlm[:MODEL]` (a vision-language
+    /// model reads the card and its sample images: STYLUS_VLM_BASE_URL, STYLUS_VLM_MODEL,
+    /// STYLUS_VLM_API_KEY, else OPENAI_BASE_URL, OPENAI_API_KEY). VLM answers are cached per
+    /// adapter version in `~/.cache/stylus/vlm`, so an interrupted run resumes.
+    #[arg(long, default_value = "card")]
+    pub refiner: String,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -93,13 +102,18 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let cards: Vec<AdapterCard> = filtered.kept.into_iter().map(|e| e.card).collect();
 
     let previous = open_previous(&args.out);
-    let refiner = CardRefiner::default();
+    let (refiner, concurrency) = make_refiner(&args.refiner)?;
     let mut counts = RefreshCounts::default();
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
-        let docs = refine_cards(&cards, &refiner, previous.as_ref(), &mut counts, &|n| {
-            bar.set_position(n as u64)
-        })
+        let docs = refine_cards(
+            &cards,
+            refiner.as_ref(),
+            previous.as_ref(),
+            &mut counts,
+            concurrency,
+            &|n| bar.set_position(n as u64),
+        )
         .await?;
         bar.finish_and_clear();
 
@@ -190,6 +204,33 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
     }
 }
 
+/// The refiner named by `--refiner`, with the number of cards to refine at once.
+fn make_refiner(spec: &str) -> Result<(Box<dyn Refiner>, usize), StylusError> {
+    match spec.split_once(':').unwrap_or((spec, "")) {
+        ("card", "") => Ok((Box::new(CardRefiner::default()), 1)),
+        ("vlm", model) => {
+            let mut config = OpenAiConfig::from_env("VLM", "gpt-4o-mini");
+            if !model.is_empty() {
+                config.model = model.to_string();
+            }
+            let concurrency = config.max_concurrency;
+            let cache_dir =
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/stylus/vlm"));
+            let refiner = VlmRefiner::new(
+                OpenAiClient::new(config)?,
+                VlmRefinerConfig {
+                    cache_dir,
+                    ..VlmRefinerConfig::default()
+                },
+            );
+            Ok((Box::new(refiner), concurrency))
+        }
+        _ => Err(StylusError::InvalidArgument(format!(
+            "--refiner {spec}: expected card or vlm[:MODEL]"
+        ))),
+    }
+}
+
 /// The embedder named by `--embedder`, with the files it stores next to the vectors.
 async fn make_embedder(
     spec: &str,
@@ -229,14 +270,9 @@ async fn make_embedder(
             Ok((Box::new(embedder), Vec::new()))
         }
         "openai" => {
-            // Base URL from OPENAI_BASE_URL (any OpenAI-compatible server), key from
-            // OPENAI_API_KEY; the model is `openai:<model>`.
-            let mut config = OpenAiConfig {
-                model: arg.unwrap_or("text-embedding-3-small").to_string(),
-                ..OpenAiConfig::default()
-            };
-            if let Ok(base_url) = std::env::var("OPENAI_BASE_URL") {
-                config.base_url = base_url;
+            let mut config = OpenAiConfig::from_env("EMBED", "text-embedding-3-small");
+            if let Some(model) = arg {
+                config.model = model.to_string();
             }
             let client = OpenAiClient::new(config)?;
             let embedder =

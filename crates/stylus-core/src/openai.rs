@@ -64,6 +64,37 @@ impl Default for OpenAiConfig {
 }
 
 impl OpenAiConfig {
+    /// The config of one Stylus role from the environment, the same scheme for every role
+    /// (`LLM`: the composer, `VLM`: the refiner, `EMBED`: the embedder):
+    /// `STYLUS_<ROLE>_BASE_URL`, else `OPENAI_BASE_URL`, else the OpenAI API;
+    /// `STYLUS_<ROLE>_MODEL`, else `default_model`;
+    /// the key from `STYLUS_<ROLE>_API_KEY`, else `OPENAI_API_KEY`, else none is sent.
+    /// Empty variables count as unset.
+    pub fn from_env(role: &str, default_model: &str) -> Self {
+        Self::from_vars(role, default_model, |name| std::env::var(name).ok())
+    }
+
+    /// [`Self::from_env`] reading variables through `var`.
+    pub fn from_vars(
+        role: &str,
+        default_model: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let role_var = |suffix: &str| format!("STYLUS_{role}_{suffix}");
+        let defaults = Self::default();
+        Self {
+            base_url: var(&role_var("BASE_URL"))
+                .or_else(|| var("OPENAI_BASE_URL"))
+                .unwrap_or(defaults.base_url.clone()),
+            model: var(&role_var("MODEL")).unwrap_or_else(|| default_model.to_string()),
+            api_key_env: [role_var("API_KEY"), "OPENAI_API_KEY".to_string()]
+                .into_iter()
+                .find(|name| var(name).is_some()),
+            ..defaults
+        }
+    }
+
     /// A config for `model` at `base_url` with the other defaults and no API key.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::stream::{self, StreamExt};
 use stylus_core::{AdapterCard, AdapterDoc, AdapterId, Embedder, Refiner, Result, StylusError};
 
 use crate::store::StylusDocs;
@@ -26,35 +27,50 @@ pub struct RefreshCounts {
     pub vectors_embedded: usize,
 }
 
-/// Refines `cards` in order, reusing valid documents of `previous`. `progress` gets the number of
-/// cards done after each card.
+/// Refines `cards`, reusing valid documents of `previous`, with up to `concurrency` cards in
+/// flight (a network refiner waits on its server; the card refiner does not wait at all).
+/// Documents come back in card order; the first failure stops the run with its error (a
+/// caching refiner, like the VLM refiner, keeps what it got, so a re-run resumes). `progress`
+/// gets the number of cards done.
 pub async fn refine_cards(
     cards: &[AdapterCard],
     refiner: &dyn Refiner,
     previous: Option<&StylusDocs>,
     counts: &mut RefreshCounts,
+    concurrency: usize,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<AdapterDoc>> {
     let refiner_id = refiner.id();
-    let mut docs = Vec::with_capacity(cards.len());
-    for (done, card) in cards.iter().enumerate() {
+    let jobs = cards.iter().map(|card| {
         let reused = previous.and_then(|store| {
             store
                 .reusable_doc(card, &refiner_id)
                 .map(|i| store.docs()[i].clone())
         });
-        let doc = match reused {
-            Some(doc) => {
-                counts.docs_reused += 1;
-                doc
+        async move {
+            match reused {
+                Some(doc) => Ok((doc, true)),
+                None => match refiner.refine(card).await {
+                    Ok(doc) => Ok((doc, false)),
+                    Err(e) => Err(StylusError::adapter(
+                        &card.id,
+                        format!("refining failed: {e}"),
+                    )),
+                },
             }
-            None => {
-                counts.docs_refined += 1;
-                refiner.refine(card).await?
-            }
-        };
+        }
+    });
+    let mut results = stream::iter(jobs).buffered(concurrency.max(1));
+    let mut docs = Vec::with_capacity(cards.len());
+    while let Some(result) = results.next().await {
+        let (doc, reused) = result?;
+        if reused {
+            counts.docs_reused += 1;
+        } else {
+            counts.docs_refined += 1;
+        }
         docs.push(doc);
-        progress(done + 1);
+        progress(docs.len());
     }
     Ok(docs)
 }
@@ -180,7 +196,7 @@ mod tests {
         };
         let mut counts = RefreshCounts::default();
         let first = cards(5);
-        let docs = refine_cards(&first, &refiner, None, &mut counts, &|_| {})
+        let docs = refine_cards(&first, &refiner, None, &mut counts, 1, &|_| {})
             .await
             .unwrap();
         let vectors = embed_docs(&docs, &embedder, None, &mut counts, &|_| {})
@@ -203,7 +219,7 @@ mod tests {
         let mut second = cards(6);
         second[2].tags.push("changed".into());
         let mut counts = RefreshCounts::default();
-        let docs = refine_cards(&second, &refiner, Some(&store), &mut counts, &|_| {})
+        let docs = refine_cards(&second, &refiner, Some(&store), &mut counts, 4, &|_| {})
             .await
             .unwrap();
         let done = AtomicUsize::new(0);

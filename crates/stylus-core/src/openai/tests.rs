@@ -563,3 +563,46 @@ async fn a_non_json_success_body_is_an_http_error() {
         "{err}"
     );
 }
+
+#[test]
+fn every_role_reads_the_same_variables_with_openai_fallbacks() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let own = OpenAiConfig::from_vars(
+        "VLM",
+        "gpt-4o-mini",
+        env(&[
+            ("STYLUS_VLM_BASE_URL", "http://127.0.0.1:8080/v1"),
+            ("STYLUS_VLM_MODEL", "qwen2-vl"),
+            ("STYLUS_VLM_API_KEY", "k"),
+            ("OPENAI_BASE_URL", "http://elsewhere/v1"),
+            ("OPENAI_API_KEY", "o"),
+        ]),
+    );
+    assert_eq!(own.base_url, "http://127.0.0.1:8080/v1");
+    assert_eq!(own.model, "qwen2-vl");
+    assert_eq!(own.api_key_env.as_deref(), Some("STYLUS_VLM_API_KEY"));
+
+    let fallback = OpenAiConfig::from_vars(
+        "LLM",
+        "gpt-4o-mini",
+        env(&[
+            ("STYLUS_LLM_MODEL", " "),
+            ("OPENAI_BASE_URL", "http://elsewhere/v1"),
+            ("OPENAI_API_KEY", "o"),
+        ]),
+    );
+    assert_eq!(fallback.base_url, "http://elsewhere/v1");
+    assert_eq!(fallback.model, "gpt-4o-mini");
+    assert_eq!(fallback.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+
+    let bare = OpenAiConfig::from_vars("EMBED", "text-embedding-3-small", env(&[]));
+    assert_eq!(bare.base_url, OpenAiConfig::default().base_url);
+    assert_eq!(bare.api_key_env, None);
+}
