@@ -10,9 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::{
-    AdapterDoc, AdapterId, AdapterLocator, Embedder, ExplicitLora, GenerationRequest, Merger,
-    ResolvedAdapter, Retriever, SampleJob, Sampler, SamplingParams, SelectOptions, Stylus,
-    StylusConfig, StylusError, WeightedAdapter,
+    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, Merger, ResolvedAdapter, SampleJob,
+    Sampler, SamplingParams, SelectOptions, Stylus, StylusConfig, StylusError, WeightedAdapter,
 };
 use stylus_diffusion::StableDiffusion;
 use stylus_diffusion::clip_tokenizer::ClipTokenizer;
@@ -22,8 +21,6 @@ use stylus_diffusion::png::{
 };
 use stylus_diffusion::sampler::{SamplingProgress, SdSampler, vae_scale_factor, write_latents};
 use stylus_refiner::locator::FolderLocator;
-use stylus_refiner::store::StylusDocs;
-use stylus_retriever::{ExactRetriever, VectorMatrix};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -221,15 +218,14 @@ fn generate<B: Backend>(
         .transpose()?
         .map(Arc::new);
     let (images, selection) = if selecting {
-        let (embedder, retriever) = match &args.index {
-            Some(dir) => store_stages(dir)?,
-            None => super::select::bundled()?,
-        };
+        let catalog = super::catalog::open(args.index.as_deref(), config, false)?;
         let mut builder = Stylus::builder()
             .config(config.clone())
-            .embedder(embedder)
-            .retriever(retriever)
-            .composer(Arc::new(LocalComposer::new(config.composer.clone())))
+            .embedder(catalog.embedder.clone())
+            .retriever(catalog.retriever)
+            .composer(Arc::new(
+                LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder),
+            ))
             .masker(Arc::new(StrategyMasker::new(config.masks.strategy)))
             .merger(merger.clone())
             .sampler(sampler.clone());
@@ -358,20 +354,6 @@ fn adapter_path(
         None => None,
     };
     found.ok_or_else(|| StylusError::adapter(&adapter.id, "merged, but its file is gone"))
-}
-
-/// The selection stages that read a catalog.
-type SearchStages = (Arc<dyn Embedder>, Arc<dyn Retriever>);
-
-/// Embedder and exact retriever over a StylusDocs store.
-fn store_stages(dir: &Path) -> Result<SearchStages, StylusError> {
-    let store = StylusDocs::open(dir)?;
-    let embedder = super::retrieve::store_embedder(&store)?;
-    let dim = store.dim();
-    let (docs, vectors) = store.into_parts();
-    let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
-    let retriever = ExactRetriever::new(docs, VectorMatrix::new(dim, vectors)?)?;
-    Ok((embedder, Arc::new(retriever)))
 }
 
 /// `FILE[:WEIGHT]`; the weight is what follows the last `:` when it parses as a number (so

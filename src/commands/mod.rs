@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+mod catalog;
 pub mod eval;
 pub mod generate;
 pub mod index;

@@ -1,25 +1,13 @@
 //! `stylus retrieve`: top-K adapters for prompts.
 //!
 //! Opens a StylusDocs store (or the bundled catalog), embeds each query with the store's embedder
-//! and searches with the store's HNSW index when it has one (`--build-hnsw` makes and registers
-//! it), else with the exact scan. With `retriever.hybrid = true` in the config, the dense ranking
-//! is fused with BM25.
+//! and searches as `retriever.mode` says (see `catalog`); `--build-hnsw` makes the store's HNSW
+//! index and registers it in the store.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use stylus_core::{
-    AdapterDoc, Candidate, Embedder, RetrievalFilter, Retriever, StylusConfig, StylusError,
-};
-use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
-use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
-use stylus_refiner::store::StylusDocs;
-use stylus_retriever::persist::MANIFEST;
-use stylus_retriever::{
-    ExactRetriever, FusionConfig, HnswRetriever, HybridRetriever, LexicalConfig, LexicalIndex,
-    VectorMatrix,
-};
+use stylus_core::{Candidate, Query, RetrievalFilter, StylusConfig, StylusError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,32 +34,14 @@ pub struct Args {
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let queries = read_queries(&args)?;
     let k = args.top_k.unwrap_or(config.retriever.top_k);
-    let (embedder, search) = match &args.index {
-        Some(dir) => {
-            let store = StylusDocs::open(dir)?;
-            let embedder = store_embedder(&store)?;
-            (embedder, StoreSearch::open(store, config, args.build_hnsw)?)
-        }
-        None if args.build_hnsw => {
-            return Err(StylusError::InvalidArgument(
-                "--build-hnsw needs --index DIR (the bundled catalog is searched exactly)".into(),
-            ));
-        }
-        None => {
-            let catalog = stylus_refiner::bundled::load()?;
-            let dim = catalog.embedder.dim();
-            let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
-            let dense =
-                ExactRetriever::new(docs.clone(), VectorMatrix::new(dim, catalog.vectors)?)?;
-            let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
-            (embedder, StoreSearch::new(Arc::new(dense), docs, config))
-        }
-    };
-    let vectors = super::runtime()?.block_on(embedder.embed(&queries))?;
+    let catalog = super::catalog::open(args.index.as_deref(), config, args.build_hnsw)?;
+    let vectors = super::runtime()?.block_on(catalog.embedder.embed(&queries))?;
     let filter = RetrievalFilter::default();
     let mut out = std::io::stdout().lock();
     for (query, vector) in queries.iter().zip(&vectors) {
-        let results = search.retrieve(query, vector, k, &filter)?;
+        let results = catalog
+            .retriever
+            .retrieve(Query::new(query, vector), k, &filter)?;
         let written = if args.json {
             writeln!(out, "{}", json_line(query, &results))
         } else {
@@ -109,114 +79,6 @@ fn read_queries(args: &Args) -> Result<Vec<String>, StylusError> {
         ));
     }
     Ok(queries)
-}
-
-/// The embedder a store was built with: the lexical one from its IDF table, else the MiniLM
-/// model (`$STYLUS_MINILM_DIR`) when its id is the store's.
-pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, StylusError> {
-    if store.manifest().files.contains_key(IDF_FILE) {
-        return Ok(Arc::new(LexicalEmbedder::from_store(store)?));
-    }
-    if let Some(dir) = default_minilm_dir().filter(|d| d.is_dir()) {
-        let bert = BertEmbedder::from_dir(&dir)?;
-        if bert.id() == store.embedder_id() {
-            return Ok(Arc::new(bert));
-        }
-    }
-    Err(StylusError::store(
-        store.dir(),
-        format!(
-            "vectors come from embedder `{}`, which is not available here (set STYLUS_MINILM_DIR \
-             for a MiniLM store)",
-            store.embedder_id()
-        ),
-    ))
-}
-
-/// A store's documents behind the configured search: HNSW or exact, optionally hybrid.
-struct StoreSearch {
-    dense: Arc<dyn Retriever>,
-    hybrid: Option<HybridRetriever>,
-}
-
-impl StoreSearch {
-    fn open(
-        store: StylusDocs,
-        config: &StylusConfig,
-        build_hnsw: bool,
-    ) -> Result<Self, StylusError> {
-        let dir = store.dir().to_path_buf();
-        let embedder_id = store.embedder_id().to_string();
-        let dim = store.dim();
-        let has_index = store.manifest().files.contains_key(MANIFEST);
-        let (docs, vectors) = store.into_parts();
-        let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
-        let vectors = VectorMatrix::new(dim, vectors)?;
-        let hnsw = config.retriever.hnsw;
-        let dense: Arc<dyn Retriever> = if build_hnsw {
-            let index = HnswRetriever::build(docs.clone(), vectors, embedder_id, hnsw)?;
-            save_into_store(&index, &dir)?;
-            Arc::new(index)
-        } else if has_index {
-            Arc::new(HnswRetriever::load(
-                &dir,
-                docs.clone(),
-                vectors,
-                &embedder_id,
-                hnsw,
-            )?)
-        } else {
-            Arc::new(ExactRetriever::new(docs.clone(), vectors)?)
-        };
-        Ok(Self::new(dense, docs, config))
-    }
-
-    /// `dense` over `docs`, fused with BM25 over the same docs when the config asks for it.
-    fn new(dense: Arc<dyn Retriever>, docs: Vec<Arc<AdapterDoc>>, config: &StylusConfig) -> Self {
-        let hybrid = config.retriever.hybrid.then(|| {
-            let lexical = LexicalIndex::build(docs, LexicalConfig::default());
-            HybridRetriever::new(Arc::clone(&dense), lexical, FusionConfig::default())
-        });
-        Self { dense, hybrid }
-    }
-
-    fn retrieve(
-        &self,
-        prompt: &str,
-        query: &[f32],
-        k: usize,
-        filter: &RetrievalFilter,
-    ) -> Result<Vec<Candidate>, StylusError> {
-        match &self.hybrid {
-            Some(hybrid) => hybrid.retrieve(prompt, query, k, filter),
-            None => self.dense.retrieve(query, k, filter),
-        }
-    }
-}
-
-/// Saves the index next to the store and registers its files in the store manifest.
-fn save_into_store(index: &HnswRetriever, store_dir: &Path) -> Result<(), StylusError> {
-    let tmp = std::env::temp_dir().join(format!("stylus-hnsw-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| StylusError::io(&tmp, e))?;
-    let saved = index.save(&tmp).and_then(|paths| {
-        let names: Vec<String> = paths
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let sources: Vec<(&str, &Path)> = names
-            .iter()
-            .map(String::as_str)
-            .zip(paths.iter().map(PathBuf::as_path))
-            .collect();
-        StylusDocs::add_files(store_dir, &sources).map(|_| ())
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    saved
 }
 
 fn json_line(query: &str, results: &[Candidate]) -> String {

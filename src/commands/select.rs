@@ -11,16 +11,9 @@ use stylus_composer::llm::{LlmComposer, LlmComposerConfig};
 use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::openai::{OpenAiClient, OpenAiConfig};
 use stylus_core::{
-    AdapterDoc, Composer, Embedder, MaskStrategy, Retriever, SelectOptions, SelectionPlan, Stylus,
-    StylusConfig, StylusError, format_weight,
+    Composer, MaskStrategy, SelectOptions, SelectionPlan, Stylus, StylusConfig, StylusError,
+    format_weight,
 };
-use stylus_refiner::lexical::IDF_FILE;
-use stylus_refiner::store::StylusDocs;
-use stylus_retriever::persist::MANIFEST;
-use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
-
-/// An embedder and the retriever over vectors it made.
-pub(crate) type Search = (Arc<dyn Embedder>, Arc<dyn Retriever>);
 
 /// Masks listed in the human output before "... and N more".
 const MASKS_SHOWN: usize = 16;
@@ -28,11 +21,14 @@ const MASKS_SHOWN: usize = 16;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 LLM composer (--composer llm), an OpenAI-compatible /v1/chat/completions server:
-  STYLUS_LLM_BASE_URL  API root with its version segment (default https://api.openai.com/v1;
-                       Ollama http://localhost:11434/v1, llama.cpp/vLLM http://localhost:8080/v1,
-                       Gemini https://generativelanguage.googleapis.com/v1beta/openai)
+  STYLUS_LLM_BASE_URL  API root with its version segment; when unset OPENAI_BASE_URL, else
+                       https://api.openai.com/v1 (Ollama http://localhost:11434/v1, llama.cpp/vLLM
+                       http://localhost:8080/v1, Gemini
+                       https://generativelanguage.googleapis.com/v1beta/openai)
   STYLUS_LLM_MODEL     model name (default gpt-4o-mini)
-  STYLUS_LLM_API_KEY   API key; when unset, OPENAI_API_KEY is used if set, else no key is sent")]
+  STYLUS_LLM_API_KEY   API key; when unset OPENAI_API_KEY, else no key is sent
+(`stylus index` reads the same names with STYLUS_VLM_ for --refiner vlm and STYLUS_EMBED_ for
+--embedder openai.)")]
 pub struct Args {
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
@@ -128,12 +124,11 @@ fn build(
     config: &StylusConfig,
     strategy: MaskStrategy,
 ) -> Result<Stylus, StylusError> {
-    let (embedder, retriever) = match &args.index {
-        Some(dir) => open_store(dir, config)?,
-        None => bundled()?,
-    };
+    let catalog = super::catalog::open(args.index.as_deref(), config, false)?;
     let composer: Arc<dyn Composer> = match args.composer.as_str() {
-        "local" => Arc::new(LocalComposer::new(config.composer.clone())),
+        "local" => Arc::new(
+            LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()),
+        ),
         "llm" => Arc::new(llm_composer(config)?),
         other => {
             return Err(StylusError::InvalidArgument(format!(
@@ -143,70 +138,16 @@ fn build(
     };
     Stylus::builder()
         .config(config.clone())
-        .embedder(embedder)
-        .retriever(retriever)
+        .embedder(catalog.embedder)
+        .retriever(catalog.retriever)
         .composer(composer)
         .masker(Arc::new(StrategyMasker::new(strategy)))
         .build()
 }
 
-/// The bundled catalog behind the sparse retriever (its vectors are lexical).
-pub(crate) fn bundled() -> Result<Search, StylusError> {
-    let catalog = stylus_refiner::bundled::load()?;
-    let dim = catalog.embedder.dim();
-    let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
-    let retriever = SparseRetriever::new(docs, dim, &catalog.vectors)?;
-    Ok((Arc::new(catalog.embedder), Arc::new(retriever)))
-}
-
-/// A store with its embedder. Lexical vectors (mostly zeros) are searched with the sparse
-/// inverted index, which is exact and much faster than a graph at 4096 dims; dense vectors with
-/// the store's HNSW index when it has one, else exactly.
-fn open_store(dir: &std::path::Path, config: &StylusConfig) -> Result<Search, StylusError> {
-    let store = StylusDocs::open(dir)?;
-    let embedder = super::retrieve::store_embedder(&store)?;
-    let embedder_id = store.embedder_id().to_string();
-    let dim = store.dim();
-    let has_index = store.manifest().files.contains_key(MANIFEST);
-    // The same test `store_embedder` uses to pick the lexical embedder.
-    let lexical = store.manifest().files.contains_key(IDF_FILE);
-    let (docs, vectors) = store.into_parts();
-    let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
-    if lexical {
-        return Ok((
-            embedder,
-            Arc::new(SparseRetriever::new(docs, dim, &vectors)?),
-        ));
-    }
-    let vectors = VectorMatrix::new(dim, vectors)?;
-    let retriever: Arc<dyn Retriever> = if has_index {
-        Arc::new(HnswRetriever::load(
-            dir,
-            docs,
-            vectors,
-            &embedder_id,
-            config.retriever.hnsw,
-        )?)
-    } else {
-        Arc::new(ExactRetriever::new(docs, vectors)?)
-    };
-    Ok((embedder, retriever))
-}
-
 /// The LLM composer configured from the environment (see `--help`).
 fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let defaults = OpenAiConfig::default();
-    let api_key_env = ["STYLUS_LLM_API_KEY", "OPENAI_API_KEY"]
-        .into_iter()
-        .find(|name| var(name).is_some())
-        .map(str::to_string);
-    let client = OpenAiClient::new(OpenAiConfig {
-        base_url: var("STYLUS_LLM_BASE_URL").unwrap_or(defaults.base_url.clone()),
-        model: var("STYLUS_LLM_MODEL").unwrap_or(defaults.model.clone()),
-        api_key_env,
-        ..defaults
-    })?;
+    let client = OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini"))?;
     Ok(LlmComposer::new(
         client,
         LlmComposerConfig {
@@ -278,6 +219,8 @@ fn print_plan(
 
 #[cfg(test)]
 mod tests {
+    use stylus_core::RetrievalMode;
+
     use super::*;
 
     fn args(prompt: &str) -> Args {
@@ -344,5 +287,43 @@ mod tests {
         let mut bad = args("x");
         bad.composer = "gpt".into();
         assert!(build(&bad, &config, MaskStrategy::All).is_err());
+    }
+
+    /// The README's prompt under each retrieval mode: no horse-riding adapter for "riding" (a
+    /// cat is ridden), cat adapters for "cat", the watercolor style for "watercolor".
+    #[test]
+    fn the_readme_prompt_gets_no_narrower_adapters_in_any_retrieval_mode() {
+        for mode in [
+            RetrievalMode::Dense,
+            RetrievalMode::Bm25,
+            RetrievalMode::Hybrid,
+        ] {
+            let mut config = StylusConfig::default();
+            config.retriever.mode = mode;
+            let stylus = build(&args("x"), &config, MaskStrategy::All).unwrap();
+            let plan = super::super::runtime()
+                .unwrap()
+                .block_on(stylus.select("a man riding a cat in the rain, watercolor"))
+                .unwrap();
+            let got: Vec<(&str, Vec<&str>)> = plan
+                .topics
+                .iter()
+                .map(|t| {
+                    let titles = t.adapters.iter().map(|a| a.title.as_str()).collect();
+                    (t.text.as_str(), titles)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("man", vec![]),
+                    ("riding", vec![]),
+                    ("cat", vec!["Tabby Cat", "Fluffy Cats"]),
+                    ("rain", vec![]),
+                    ("watercolor", vec!["Soft Watercolor Wash"]),
+                ],
+                "{mode:?}"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`local`]: [`LocalComposer`], the offline deterministic composer;
 //! - [`segment`]: cuts a prompt into keyword topics (rule-based, offline);
+//! - [`people`]: the one rule both composers apply to characters, celebrities and real people;
 //! - [`masker`]: the paper's mask strategies (`all`, `one_hot_loras`, `one_hot_concepts`);
 //! - [`segmentation_eval`]: our topics against the reference composer's (PartiPrompts).
 //!
@@ -10,6 +11,7 @@
 pub mod llm;
 pub mod local;
 pub mod masker;
+pub mod people;
 pub mod segment;
 pub mod segmentation_eval;
 

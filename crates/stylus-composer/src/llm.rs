@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::people;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use stylus_core::openai::{
@@ -363,7 +364,7 @@ pub fn repair(
 ) -> RepairedComposition {
     let prompt_words = words_with_spans(prompt);
     let prompt_vocabulary: HashSet<&str> = prompt_words.iter().map(|(w, _)| w.as_str()).collect();
-    let prompt_sequence: Vec<&str> = prompt_words.iter().map(|(w, _)| w.as_str()).collect();
+    let prompt_sequence: Vec<String> = prompt_words.iter().map(|(w, _)| w.clone()).collect();
 
     let mut repairs = Vec::new();
     let mut seen_topics: HashSet<Vec<String>> = HashSet::new();
@@ -412,8 +413,8 @@ pub fn repair(
             let reason = if used.contains(&index) {
                 Some(RepairReason::DuplicateAdapter)
             } else if rules.block_characters
-                && is_person(doc)
-                && !asks_for_a_person(&prompt_sequence, doc)
+                && people::is_person(doc)
+                && !people::asks_for(&prompt_sequence, doc)
             {
                 Some(RepairReason::PersonNotAsked)
             } else if adapters.len() >= rules.max_adapters_per_topic {
@@ -490,75 +491,6 @@ fn locate(
         .position(|(w, _)| *w == topic_words[0])
         .unwrap_or(usize::MAX);
     (first, model_text.trim().to_string())
-}
-
-/// Characters, celebrities, and cards Civitai flags as a real person.
-fn is_person(doc: &AdapterDoc) -> bool {
-    doc.category.is_person() || doc.card.poi
-}
-
-/// Words with which a prompt asks for some character or person without naming one (the local
-/// composer accepts the same words).
-const PERSON_WORDS: [&str; 6] = [
-    "character",
-    "characters",
-    "celebrity",
-    "celebrities",
-    "cosplay",
-    "cosplayer",
-];
-
-/// True when the prompt asks for this character or person: it uses one of [`PERSON_WORDS`], or
-/// names the adapter: one of its trigger words, or the name part of its title (before any `|`,
-/// `(`, `[`, `-`, `:` or `,`, without words like "LoRA" or version numbers), appears in the
-/// prompt as a run of words.
-fn asks_for_a_person(prompt_sequence: &[&str], doc: &AdapterDoc) -> bool {
-    if prompt_sequence.iter().any(|w| PERSON_WORDS.contains(w)) {
-        return true;
-    }
-    let contains_run = |run: &[String]| {
-        !run.is_empty()
-            && prompt_sequence
-                .windows(run.len())
-                .any(|window| window.iter().zip(run).all(|(p, r)| *p == r))
-    };
-    let title_name = doc
-        .card
-        .title
-        .split(['|', '(', '[', '-', ':', ','])
-        .next()
-        .unwrap_or_default();
-    let name: Vec<String> = words(title_name)
-        .into_iter()
-        .filter(|w| !is_title_noise(w))
-        .collect();
-    contains_run(&name)
-        || doc
-            .card
-            .trigger_words
-            .iter()
-            .any(|t| contains_run(&words(t)))
-}
-
-/// Words in adapter titles that are not part of a name.
-fn is_title_noise(word: &str) -> bool {
-    const NOISE: [&str; 10] = [
-        "lora",
-        "locon",
-        "lycoris",
-        "loha",
-        "lokr",
-        "dora",
-        "character",
-        "celebrity",
-        "sd",
-        "sd15",
-    ];
-    NOISE.contains(&word)
-        || (word.starts_with('v')
-            && word.len() > 1
-            && word[1..].chars().all(|c| c.is_ascii_digit()))
-        || word.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Normalized words: lower case, split at anything that is not a letter or a digit.

@@ -6,27 +6,43 @@
 //! - a pair is considered only when its score reaches [`LocalComposer::min_score`] and comes
 //!   close to the best pair of its topic (an adapter broader than the topic, matching only its
 //!   head word, does not ride along with an exact match);
+//! - an adapter narrower than (or beside) the topic is rejected: the word its title names it by
+//!   (its subject: "horse" in "Riding a Horse") must be in the prompt, so "riding" in "a man
+//!   riding a cat" does not get a horse-riding adapter, nor "rain" an umbrella. Style adapters
+//!   are exempt (their names are looks, not things);
 //! - at most `max_adapters_per_topic` adapters per topic, each adapter at most once overall (so an
 //!   adapter lands on the topic it matches best);
-//! - characters and celebrities only when the prompt asks for one: it names the character (all
-//!   words of the card's name appear in the prompt) or says "character"/"celebrity";
+//! - characters and celebrities only when the prompt asks for one ([`crate::people`]);
 //! - at most `max_style_adapters` style adapters in the whole composition.
 //!
-//! Descriptions are not matched on purpose: they mention many things an adapter is not about.
+//! With an embedder ([`LocalComposer::with_embedder`], the catalog's), topics and candidate names
+//! are compared as vectors too: a semantic embedder then matches synonyms the words miss
+//! ("kitten" for a cat topic) and ranks near-ties by topic-level similarity. Descriptions are not
+//! matched on purpose: they mention many things an adapter is not about.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use stylus_core::{
-    AdapterDoc, Candidate, Category, Composer, ComposerConfig, Composition, Result, Topic,
-    TopicAdapters,
+    AdapterDoc, AdapterId, Candidate, Category, Composer, ComposerConfig, Composition, Embedder,
+    Result, StylusError, Topic, TopicAdapters,
 };
 
+use crate::people;
 use crate::segment::{Segment, SegmentKind, segment};
 
 /// The default [`LocalComposer::min_score`]: the topic's head word (or most of a topic whose
 /// head is generic, like "painting") must be matched.
 pub const DEFAULT_MIN_SCORE: f32 = 0.55;
+
+/// The default [`LocalComposer::synonym_similarity`]: the cosine at which an embedder's vectors of
+/// a topic and of a candidate's name (or subject word) count as the same thing. Set for
+/// MiniLM-class models, where "cat"/"kitten" is 0.79 and "car"/"automobile" 0.87 while
+/// "riding"/"riding a horse" is 0.68 and "rain"/"umbrella" 0.60 (all-MiniLM-L6-v2). Hashed TF-IDF
+/// vectors of different words are orthogonal, so with the lexical embedder it only confirms
+/// word matches.
+pub const DEFAULT_SYNONYM_SIMILARITY: f32 = 0.75;
 
 /// Share of a topic's match carried by its head word (the last word).
 const HEAD_WEIGHT: f32 = 0.6;
@@ -37,14 +53,37 @@ const CATEGORY_BONUS: f32 = 0.1;
 /// A candidate must score within this of the best candidate of its topic: once "cowboy hat" has
 /// a cowboy-hat adapter, a wizard hat (only the head word matches) is not another fit.
 const TOPIC_MARGIN: f32 = 0.25;
-/// Weight of the retriever's similarity, which only breaks near-ties between equal matches.
+/// Weight of the retriever's similarity, which only breaks near-ties between equal matches when
+/// there is no embedder.
 const RETRIEVAL_WEIGHT: f32 = 0.05;
+/// Weight of the topic-to-name similarity when there is an embedder (it replaces the
+/// retriever's prompt-level score as the tie-breaker).
+const SEMANTIC_WEIGHT: f32 = 0.1;
+/// Bonus per share of the candidate's name found in the prompt: "Cat" beats "Tabby Cat" for "a
+/// cat", the adapter that adds less the prompt did not ask for.
+const NAME_COVERAGE_WEIGHT: f32 = 0.05;
 
 /// The offline composer (see the module docs for its rules).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalComposer {
     config: ComposerConfig,
     min_score: f32,
+    synonym_similarity: f32,
+    semantics: Option<Arc<Semantics>>,
+}
+
+impl std::fmt::Debug for LocalComposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalComposer")
+            .field("config", &self.config)
+            .field("min_score", &self.min_score)
+            .field("synonym_similarity", &self.synonym_similarity)
+            .field(
+                "embedder",
+                &self.semantics.as_ref().map(|s| s.embedder.id()),
+            )
+            .finish()
+    }
 }
 
 impl LocalComposer {
@@ -52,7 +91,19 @@ impl LocalComposer {
         Self {
             config,
             min_score: DEFAULT_MIN_SCORE,
+            synonym_similarity: DEFAULT_SYNONYM_SIMILARITY,
+            semantics: None,
         }
+    }
+
+    /// Compares topics and candidate names with this embedder too (see the module docs).
+    /// Candidate vectors are cached per adapter, so a catalog is embedded once per process.
+    pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.semantics = Some(Arc::new(Semantics {
+            embedder,
+            cache: Mutex::new(HashMap::new()),
+        }));
+        self
     }
 
     /// Sets the least score a (topic, candidate) pair needs (0..1.2; default
@@ -62,36 +113,78 @@ impl LocalComposer {
         self
     }
 
+    /// Sets the cosine at which the embedder calls a topic and a name the same thing (default
+    /// [`DEFAULT_SYNONYM_SIMILARITY`]).
+    pub fn with_synonym_similarity(mut self, similarity: f32) -> Self {
+        self.synonym_similarity = similarity;
+        self
+    }
+
     pub fn min_score(&self) -> f32 {
         self.min_score
     }
 
-    /// The composition, computed synchronously (what [`Composer::compose`] returns).
+    /// The composition from words alone (no embedder), computed synchronously.
     pub fn compose_now(&self, prompt: &str, candidates: &[Candidate]) -> Composition {
-        let segments = segment(prompt);
+        self.assign(prompt, segment(prompt), candidates, None)
+    }
+
+    /// Scores the pairs and assigns candidates (see the module docs); `similarity` is the
+    /// embedder's view, when there is one.
+    fn assign(
+        &self,
+        prompt: &str,
+        segments: Vec<Segment>,
+        candidates: &[Candidate],
+        similarity: Option<&Similarity>,
+    ) -> Composition {
         let topics: Vec<TopicTerms> = segments.iter().map(TopicTerms::new).collect();
-        let prompt_words: HashSet<String> = words(prompt).map(|w| stem(&w)).collect();
-        let asks_for_person = PERSON_WORDS.iter().any(|w| prompt_words.contains(&stem(w)));
+        let prompt_words = people::lower_words(prompt);
+        let prompt_stems: HashSet<String> = prompt_words.iter().map(|w| stem(w)).collect();
 
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (c, candidate) in candidates.iter().enumerate() {
             let doc = &candidate.doc;
             if self.config.block_characters
-                && is_person(doc)
-                && !asks_for_person
-                && !names_in_prompt(doc, &prompt_words)
+                && people::is_person(doc)
+                && !people::asks_for(&prompt_words, doc)
             {
                 continue;
             }
             let terms = CandidateTerms::new(doc);
+            // "Rainy" names rain: an adjective's `y` is dropped too.
+            let in_prompt = |w: &String| {
+                prompt_stems.contains(w)
+                    || w.strip_suffix('y')
+                        .is_some_and(|w| prompt_stems.contains(w))
+            };
+            let subject_in_prompt = terms.subject.as_ref().is_none_or(in_prompt)
+                || terms.qualifier.as_ref().is_some_and(in_prompt);
             for (t, topic) in topics.iter().enumerate() {
-                let score = topic.match_score(&terms);
-                if score <= 0.0 {
+                let same_name = similarity.map(|s| s.name[t][c] >= self.synonym_similarity);
+                let same_subject =
+                    similarity.is_some_and(|s| s.subject[t][c] >= self.synonym_similarity);
+                // Styles name looks, not things; people passed their own rule above.
+                let exempt = doc.category == Category::Style || people::is_person(doc);
+                if !exempt && !subject_in_prompt && !same_subject {
                     continue;
                 }
+                let mut score = topic.match_score(&terms);
+                if score <= 0.0 {
+                    if same_name != Some(true) {
+                        continue;
+                    }
+                    // A synonym of the whole topic: as good as a head-word match.
+                    score = HEAD_WEIGHT;
+                }
+                let tie_breaker = match similarity {
+                    Some(s) => SEMANTIC_WEIGHT * s.name[t][c].clamp(0.0, 1.0),
+                    None => RETRIEVAL_WEIGHT * candidate.score.clamp(0.0, 1.0),
+                };
                 let score = score
                     + category_bonus(topic.kind, doc.category)
-                    + RETRIEVAL_WEIGHT * candidate.score.clamp(0.0, 1.0);
+                    + NAME_COVERAGE_WEIGHT * terms.name_coverage(&prompt_stems)
+                    + tie_breaker;
                 if score >= self.min_score {
                     pairs.push((score, t, c));
                 }
@@ -144,58 +237,125 @@ impl LocalComposer {
 #[async_trait]
 impl Composer for LocalComposer {
     async fn compose(&self, prompt: &str, candidates: &[Candidate]) -> Result<Composition> {
-        Ok(self.compose_now(prompt, candidates))
+        let segments = segment(prompt);
+        let similarity = match &self.semantics {
+            Some(semantics) => Some(semantics.similarity(&segments, candidates).await?),
+            None => None,
+        };
+        Ok(self.assign(prompt, segments, candidates, similarity.as_ref()))
     }
 }
 
-/// Words a prompt uses to ask for a character or a real person.
-const PERSON_WORDS: &[&str] = &["character", "celebrity", "cosplay", "cosplayer", "celeb"];
-
-/// Characters, celebrities and Civitai's "person of interest" cards.
-fn is_person(doc: &AdapterDoc) -> bool {
-    doc.category.is_person() || doc.card.poi
+/// The text a candidate's name vector is made from: its title's name, else the whole title.
+fn name_text(doc: &AdapterDoc) -> String {
+    let name = people::title_name(&doc.card.title);
+    if name.is_empty() {
+        doc.card.title.clone()
+    } else {
+        name.join(" ")
+    }
 }
 
-/// True when every distinctive word of the card's name appears in the prompt.
-fn names_in_prompt(doc: &AdapterDoc, prompt_words: &HashSet<String>) -> bool {
-    let name = doc
-        .card
-        .title
-        .split(['|', '(', '[', ':', '/', ',', '-'])
-        .next()
-        .unwrap_or("");
-    let name_words: Vec<String> = words(name)
-        .filter(|w| !NAME_FILLER.contains(&w.as_str()) && !w.chars().any(|c| c.is_ascii_digit()))
-        .map(|w| stem(&w))
-        .collect();
-    !name_words.is_empty() && name_words.iter().all(|w| prompt_words.contains(w))
+/// An embedder and the vectors of the candidates it has seen.
+struct Semantics {
+    embedder: Arc<dyn Embedder>,
+    cache: Mutex<HashMap<AdapterId, Arc<NameVectors>>>,
 }
 
-/// Words in adapter titles that are not part of a name.
-const NAME_FILLER: &[&str] = &[
-    "lora",
-    "locon",
-    "lycoris",
-    "character",
-    "celebrity",
-    "style",
-    "model",
-    "the",
-    "a",
-    "of",
-    "and",
-    "v",
-    "ver",
-    "version",
-    "sd",
-    "sd15",
-    "xl",
-    "by",
-    "in",
-    "for",
-    "outfit",
-    "costume",
-];
+/// A candidate's name (title without versions and brackets) and subject word, embedded.
+struct NameVectors {
+    name: Vec<f32>,
+    subject: Option<Vec<f32>>,
+}
+
+/// Cosines per (topic, candidate): with the candidate's name and with its subject word.
+struct Similarity {
+    name: Vec<Vec<f32>>,
+    subject: Vec<Vec<f32>>,
+}
+
+impl Semantics {
+    async fn similarity(
+        &self,
+        segments: &[Segment],
+        candidates: &[Candidate],
+    ) -> Result<Similarity> {
+        let topic_texts: Vec<String> = segments.iter().map(|s| s.text.clone()).collect();
+        let topics = self.embed(topic_texts).await?;
+        let names = self.name_vectors(candidates).await?;
+        let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let table = |pick: &dyn Fn(&NameVectors) -> Option<&Vec<f32>>| -> Vec<Vec<f32>> {
+            topics
+                .iter()
+                .map(|t| {
+                    names
+                        .iter()
+                        .map(|n| pick(n).map_or(0.0, |v| cosine(t, v)))
+                        .collect()
+                })
+                .collect()
+        };
+        Ok(Similarity {
+            name: table(&|n| Some(&n.name)),
+            subject: table(&|n| n.subject.as_ref()),
+        })
+    }
+
+    /// The candidates' name vectors, embedding (in one batch) those not cached yet.
+    async fn name_vectors(&self, candidates: &[Candidate]) -> Result<Vec<Arc<NameVectors>>> {
+        let missing: Vec<&AdapterDoc> = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = HashSet::new();
+            candidates
+                .iter()
+                .map(|c| c.doc.as_ref())
+                .filter(|d| !cache.contains_key(d.id()) && seen.insert(d.id()))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let subjects: Vec<Option<String>> = missing
+                .iter()
+                .map(|doc| CandidateTerms::new(doc).subject_word)
+                .collect();
+            let mut texts = Vec::with_capacity(missing.len() * 2);
+            for (doc, subject) in missing.iter().zip(&subjects) {
+                texts.push(name_text(doc));
+                texts.extend(subject.clone());
+            }
+            let mut vectors = self.embed(texts).await?.into_iter();
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (doc, subject) in missing.into_iter().zip(subjects) {
+                let has_subject = subject.is_some();
+                let name = vectors.next().unwrap_or_default();
+                let subject = if has_subject { vectors.next() } else { None };
+                cache.insert(doc.id().clone(), Arc::new(NameVectors { name, subject }));
+            }
+        }
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(candidates
+            .iter()
+            .map(|c| Arc::clone(&cache[c.doc.id()]))
+            .collect())
+    }
+
+    /// Embeds `texts`, checking that one vector of the embedder's dimension comes back for each.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let vectors = self.embedder.embed(&texts).await?;
+        let dim = self.embedder.dim();
+        if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != dim) {
+            return Err(StylusError::ModelReply {
+                service: self.embedder.id(),
+                attempts: 1,
+                message: format!(
+                    "the composer asked for {} vectors of dimension {dim}, got {}",
+                    texts.len(),
+                    vectors.len()
+                ),
+            });
+        }
+        Ok(vectors)
+    }
+}
 
 fn category_bonus(kind: SegmentKind, category: Category) -> f32 {
     let fits = match kind {
@@ -272,6 +432,97 @@ const GENERIC_HEADS: &[&str] = &[
     "look",
 ];
 
+/// Words at the end of adapter names that say what kind of adapter it is, not what it shows
+/// ("Shoal Concept", "Neon Effect", "Cat Pack"); the subject is the word before them.
+const GENERIC_SUBJECTS: &[&str] = &[
+    "concept",
+    "collection",
+    "pack",
+    "set",
+    "series",
+    "effects",
+    "detail",
+    "details",
+    "tweaker",
+    "helper",
+    "enhancer",
+    "slider",
+    "aesthetic",
+    "theme",
+    "themed",
+    "mix",
+    "pose",
+    "poses",
+    "day",
+    "night",
+    "scene",
+    "scenery",
+    "vibe",
+    "vibes",
+    "mood",
+    "atmosphere",
+    "lora",
+    "locon",
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "with",
+    "for",
+    "by",
+];
+
+/// Broad classes that names put after the word for the thing ("Corgi Dog", "Koi Fish").
+const CLASS_NOUNS: &[&str] = &[
+    "dog",
+    "cat",
+    "bird",
+    "fish",
+    "animal",
+    "creature",
+    "monster",
+    "beast",
+    "flower",
+    "plant",
+    "tree",
+    "car",
+    "vehicle",
+    "bike",
+    "ship",
+    "boat",
+    "plane",
+    "robot",
+    "mech",
+    "girl",
+    "boy",
+    "man",
+    "woman",
+    "person",
+    "people",
+    "building",
+    "house",
+    "city",
+    "room",
+    "food",
+    "dish",
+    "dress",
+    "clothe",
+    "clothing",
+    "hat",
+    "shoe",
+    "weapon",
+    "sword",
+    "gun",
+    "armor",
+    "hair",
+    "hairstyle",
+    "landscape",
+    "background",
+];
+
 /// Words never matched (they would match half of the catalog).
 const TOPIC_STOPWORDS: &[&str] = &["lora", "the", "a", "an", "of", "and", "with", "in", "on"];
 
@@ -282,6 +533,15 @@ struct CandidateTerms {
     /// A multi-word tag ("big cat") speaks for its words only when the topic has all of them:
     /// a lion tagged "big cat" is no match for "a cat".
     phrases: Vec<Vec<String>>,
+    /// The name in the title ([`people::title_name`]), lower case.
+    name: Vec<String>,
+    /// The word the name calls the adapter's thing by ("horse" in "Riding a Horse"), as written
+    /// and stemmed. None when the name has no such word in ASCII letters (a name in another
+    /// script, or only generic words): nothing is then known about its subject.
+    subject_word: Option<String>,
+    subject: Option<String>,
+    /// When the subject is a broad class ("dog" in "Corgi Dog"), the word before it, stemmed.
+    qualifier: Option<String>,
 }
 
 impl CandidateTerms {
@@ -301,7 +561,39 @@ impl CandidateTerms {
             }
         }
         terms.insert(doc.category.as_str().to_string());
-        Self { terms, phrases }
+        let name = people::title_name(&card.title);
+        let is_generic = |w: &str| GENERIC_SUBJECTS.contains(&w) || GENERIC_HEADS.contains(&w);
+        let at = name.iter().rposition(|w| !is_generic(w));
+        let subject_word = at
+            .map(|i| name[i].clone())
+            .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()) && w.len() > 1);
+        let subject = subject_word.as_deref().map(stem);
+        // "Corgi Dog": a broad class word right after the word that names the thing.
+        let qualifier = at
+            .filter(|&i| i > 0 && CLASS_NOUNS.contains(&stem(&name[i]).as_str()))
+            .map(|i| stem(&name[i - 1]))
+            .filter(|w| !is_generic(w));
+        Self {
+            terms,
+            phrases,
+            name,
+            subject_word,
+            subject,
+            qualifier,
+        }
+    }
+
+    /// Share of the name's words (stemmed) that the prompt has.
+    fn name_coverage(&self, prompt_stems: &HashSet<String>) -> f32 {
+        if self.name.is_empty() {
+            return 0.0;
+        }
+        let found = self
+            .name
+            .iter()
+            .filter(|w| prompt_stems.contains(&stem(w)))
+            .count();
+        found as f32 / self.name.len() as f32
     }
 
     /// True when `word` of a topic with `topic_words` is matched.
@@ -442,8 +734,12 @@ mod tests {
         // Alone, the broader hat is a fit for the plain head.
         let got = compose("a hat", &candidates[1..]);
         assert_eq!(got, [("hat".to_string(), vec![2])]);
+        // The tag phrase "big cat" matches the topic "big cat", but a lion is narrower than that:
+        // its name's subject is not in the prompt.
         let got = compose("a big cat", &candidates);
-        assert_eq!(got, [("big cat".to_string(), vec![3])]);
+        assert_eq!(got, [("big cat".to_string(), vec![])]);
+        let got = compose("a lion", &candidates);
+        assert_eq!(got, [("lion".to_string(), vec![3])]);
     }
 
     #[test]
@@ -547,5 +843,115 @@ mod tests {
         assert_eq!(stem("puppies"), "puppy");
         assert_eq!(stem("glasses"), "glass");
         assert_eq!(stem("bus"), "bus");
+    }
+
+    #[test]
+    fn narrower_or_neighbouring_adapters_are_rejected() {
+        let candidates = [
+            candidate(1, "Riding a Horse", &["riding", "horse"], Category::Action),
+            candidate(2, "Umbrella", &["umbrella", "rain"], Category::Object),
+            candidate(
+                3,
+                "Rainy City Street",
+                &["rain", "street"],
+                Category::Background,
+            ),
+            candidate(4, "Corgi", &["dog", "corgi"], Category::Animal),
+            candidate(5, "Rain Effect", &["rain", "weather"], Category::Concept),
+        ];
+        let got = compose("a man riding a cat in the rain", &candidates);
+        assert_eq!(
+            got,
+            [
+                ("man".to_string(), vec![]),
+                ("riding".to_string(), vec![]),
+                ("cat".to_string(), vec![]),
+                ("rain".to_string(), vec![5]),
+            ]
+        );
+        // A corgi adapter is narrower than "a dog", and fine for "a corgi".
+        assert_eq!(compose("a dog", &candidates), [("dog".to_string(), vec![])]);
+        assert_eq!(
+            compose("a corgi", &candidates),
+            [("corgi".to_string(), vec![4])]
+        );
+    }
+
+    /// An embedder with a fixed vector per known word (the texts' words summed, normalized):
+    /// "kitten" sits next to "cat", everything else is orthogonal.
+    struct TableEmbedder {
+        calls: std::sync::atomic::AtomicUsize,
+        short_reply: bool,
+    }
+
+    #[async_trait]
+    impl Embedder for TableEmbedder {
+        fn id(&self) -> String {
+            "table".into()
+        }
+        fn dim(&self) -> usize {
+            4
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = if self.short_reply {
+                texts.len() - 1
+            } else {
+                texts.len()
+            };
+            Ok(texts[..n]
+                .iter()
+                .map(|t| {
+                    let mut v = [0f32; 4];
+                    for w in people::lower_words(t) {
+                        match w.as_str() {
+                            "cat" => v[0] += 1.0,
+                            "kitten" => (v[0], v[1]) = (v[0] + 0.9, v[1] + 0.3),
+                            "sofa" => v[2] += 1.0,
+                            _ => v[3] += 1.0,
+                        }
+                    }
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    v.iter().map(|x| x / norm).collect()
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_embedder_matches_synonyms_and_caches_candidate_vectors() {
+        let candidates = [candidate(1, "Kitten", &["kitten"], Category::Animal)];
+        let words_only = LocalComposer::new(ComposerConfig::default());
+        let got = words_only
+            .compose("a cat on a sofa", &candidates)
+            .await
+            .unwrap();
+        assert!(got.topics.iter().all(|t| t.adapters.is_empty()), "{got:?}");
+
+        let embedder = Arc::new(TableEmbedder {
+            calls: 0.into(),
+            short_reply: false,
+        });
+        let composer =
+            LocalComposer::new(ComposerConfig::default()).with_embedder(embedder.clone());
+        let got = composer
+            .compose("a cat on a sofa", &candidates)
+            .await
+            .unwrap();
+        let cat = got.topics.iter().find(|t| t.topic.text == "cat").unwrap();
+        assert_eq!(cat.adapters.len(), 1, "{got:?}");
+        let sofa = got.topics.iter().find(|t| t.topic.text == "sofa").unwrap();
+        assert!(sofa.adapters.is_empty(), "{got:?}");
+        // Topics and candidates: 2 calls; the second prompt re-embeds only its topics.
+        composer.compose("a cat", &candidates).await.unwrap();
+        assert_eq!(embedder.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let short =
+            LocalComposer::new(ComposerConfig::default()).with_embedder(Arc::new(TableEmbedder {
+                calls: 0.into(),
+                short_reply: true,
+            }));
+        let err = short.compose("a cat", &candidates).await.unwrap_err();
+        assert!(err.to_string().contains("table"), "{err}");
     }
 }

@@ -78,9 +78,8 @@ impl Default for CatalogConfig {
 pub struct RetrieverConfig {
     /// Candidates handed to the composer (the paper: 150).
     pub top_k: usize,
-    /// Fuse the dense ranking with BM25 (reciprocal rank fusion). On by default: on the Civitai
-    /// development set it lifts recall@150 over dense-only search (docs/benchmarks.md, Retrieval).
-    pub hybrid: bool,
+    /// Which ranking picks the candidates (default: hybrid, see [`RetrievalMode`]).
+    pub mode: RetrievalMode,
     pub hnsw: HnswConfig,
 }
 
@@ -88,10 +87,25 @@ impl Default for RetrieverConfig {
     fn default() -> Self {
         Self {
             top_k: 150,
-            hybrid: true,
+            mode: RetrievalMode::Hybrid,
             hnsw: HnswConfig::default(),
         }
     }
+}
+
+/// Which ranking picks the candidates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrievalMode {
+    /// Cosine similarity of the embeddings (HNSW or exact scan).
+    Dense,
+    /// BM25 over the documents' words; dense results only fill the list when fewer than K
+    /// documents share a word with the prompt.
+    Bm25,
+    /// Both rankings fused by reciprocal rank fusion. The default: on the Civitai development
+    /// set it beats dense-only search with either embedder (docs/benchmarks.md, Retrieval).
+    #[default]
+    Hybrid,
 }
 
 /// HNSW graph parameters, tuned for top-150 recall.

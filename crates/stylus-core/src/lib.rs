@@ -23,7 +23,8 @@ pub mod traits;
 
 pub use card::{AdapterCard, AdapterDoc, AdapterFile, AdapterStats, Category};
 pub use config::{
-    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, RetrieverConfig, StylusConfig,
+    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, RetrievalMode, RetrieverConfig,
+    StylusConfig,
 };
 pub use error::{Result, StylusError};
 pub use generation::{
@@ -34,7 +35,7 @@ pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};
 pub use plan::{PlanMask, PlanTopic, PromptBuilder, SelectionPlan, Timings, format_weight};
 pub use selection::{
-    Candidate, Composition, Mask, MaskStrategy, RetrievalFilter, Topic, TopicAdapters,
+    Candidate, Composition, Mask, MaskStrategy, Query, RetrievalFilter, Topic, TopicAdapters,
     WeightPolicy, WeightedAdapter,
 };
 pub use traits::{AdapterLocator, Composer, Embedder, Masker, Merger, Refiner, Retriever, Sampler};

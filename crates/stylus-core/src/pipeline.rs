@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use crate::{
     AdapterLocator, Candidate, Composer, Embedder, GeneratedImage, GenerationRequest, Masker,
-    Merger, ResolvedAdapter, Result, RetrievalFilter, Retriever, SampleJob, Sampler, SelectionPlan,
-    StylusConfig, StylusError, Timings, WeightedAdapter,
+    Merger, Query, ResolvedAdapter, Result, RetrievalFilter, Retriever, SampleJob, Sampler,
+    SelectionPlan, StylusConfig, StylusError, Timings, WeightedAdapter,
 };
 
 /// Options of one selection.
@@ -53,8 +53,11 @@ impl Stylus {
     /// Embeds the prompt and returns the top-K candidates (the configured K).
     pub async fn retrieve(&self, prompt: &str) -> Result<Vec<Candidate>> {
         let query = self.embed_prompt(prompt).await?;
-        self.retriever
-            .retrieve(&query, self.config.retriever.top_k, &self.filter)
+        self.retriever.retrieve(
+            Query::new(prompt, &query),
+            self.config.retriever.top_k,
+            &self.filter,
+        )
     }
 
     /// Selects adapters for `prompt` and lists every mask of the configured strategy.
@@ -70,9 +73,11 @@ impl Stylus {
         let t0 = Instant::now();
         let query = self.embed_prompt(prompt).await?;
         let t1 = Instant::now();
-        let candidates =
-            self.retriever
-                .retrieve(&query, self.config.retriever.top_k, &self.filter)?;
+        let candidates = self.retriever.retrieve(
+            Query::new(prompt, &query),
+            self.config.retriever.top_k,
+            &self.filter,
+        )?;
         let t2 = Instant::now();
         let composition = self.composer.compose(prompt, &candidates).await?;
         let t3 = Instant::now();

@@ -16,6 +16,25 @@ pub struct Candidate {
     pub score: f32,
 }
 
+/// What a retriever searches with: the prompt's text and its embedding. Dense retrievers read the
+/// vector, lexical ones the text, hybrids both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Query<'a> {
+    pub text: &'a str,
+    pub vector: &'a [f32],
+}
+
+impl<'a> Query<'a> {
+    pub fn new(text: &'a str, vector: &'a [f32]) -> Self {
+        Self { text, vector }
+    }
+
+    /// A query given only as a vector (a lexical ranking then has no words to match).
+    pub fn vector(vector: &'a [f32]) -> Self {
+        Self { text: "", vector }
+    }
+}
+
 /// Which adapters a retriever may return. Applied inside the search, so a filter never leaves fewer
 /// than K results when K matching adapters exist.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::rng::SplitMix64;
 use crate::{
-    AdapterCard, AdapterDoc, Candidate, Composition, GeneratedImage, Mask, MergeReport,
+    AdapterCard, AdapterDoc, Candidate, Composition, GeneratedImage, Mask, MergeReport, Query,
     ResolvedAdapter, Result, RetrievalFilter, SampleJob, WeightedAdapter,
 };
 
@@ -40,18 +40,22 @@ pub trait Retriever: Send + Sync {
     }
     /// The `k` best candidates for `query` that pass `filter`, best first. Fewer than `k` only
     /// when fewer documents pass the filter.
-    fn retrieve(&self, query: &[f32], k: usize, filter: &RetrievalFilter)
-    -> Result<Vec<Candidate>>;
+    fn retrieve(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<Candidate>>;
     /// Many queries at once (implementations may parallelize).
     fn retrieve_batch(
         &self,
-        queries: &[Vec<f32>],
+        queries: &[Query<'_>],
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Candidate>>> {
         queries
             .iter()
-            .map(|q| self.retrieve(q, k, filter))
+            .map(|&q| self.retrieve(q, k, filter))
             .collect()
     }
 }

@@ -63,7 +63,7 @@ impl Retriever for ScanRetriever {
     }
     fn retrieve(
         &self,
-        query: &[f32],
+        query: Query<'_>,
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
@@ -76,7 +76,7 @@ impl Retriever for ScanRetriever {
                 let v = ["cat", "rain", "watercolor"].map(|k| t.matches(k).count() as f32);
                 Candidate {
                     doc: d.clone(),
-                    score: v.iter().zip(query).map(|(a, b)| a * b).sum(),
+                    score: v.iter().zip(query.vector).map(|(a, b)| a * b).sum(),
                 }
             })
             .collect();

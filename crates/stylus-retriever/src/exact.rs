@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use stylus_core::{AdapterDoc, Candidate, Result, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{AdapterDoc, Candidate, Query, Result, RetrievalFilter, Retriever, StylusError};
 
 use crate::filter::{FilterCache, FilterMask};
 use crate::select::{Hit, top_k};
@@ -50,22 +50,20 @@ impl ExactRetriever {
     /// The `k` most similar documents passing `filter`, best first (all of them, ranked, when
     /// fewer than `k` pass). `k` must be at least 1.
     pub fn search(&self, query: &[f32], k: usize, filter: &RetrievalFilter) -> Result<Vec<Hit>> {
-        Ok(self
-            .search_batch(std::slice::from_ref(&query.to_vec()), k, filter)?
-            .remove(0))
+        Ok(self.search_batch(&[query], k, filter)?.remove(0))
     }
 
     /// [`Self::search`] for many queries, [`QUERY_BLOCK`] at a time per pass over the matrix.
-    pub fn search_batch(
+    pub fn search_batch<Q: AsRef<[f32]>>(
         &self,
-        queries: &[Vec<f32>],
+        queries: &[Q],
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Hit>>> {
         check_k(k)?;
         let queries = queries
             .iter()
-            .map(|q| normalized_query(q, self.vectors.dim()))
+            .map(|q| normalized_query(q.as_ref(), self.vectors.dim()))
             .collect::<Result<Vec<_>>>()?;
         let mask = self.filters.mask(&self.docs, filter);
         Ok(self.search_normalized(&queries, k, mask.as_deref()))
@@ -152,21 +150,22 @@ impl Retriever for ExactRetriever {
 
     fn retrieve(
         &self,
-        query: &[f32],
+        query: Query<'_>,
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
-        Ok(self.candidates(self.search(query, k, filter)?))
+        Ok(self.candidates(self.search(query.vector, k, filter)?))
     }
 
     fn retrieve_batch(
         &self,
-        queries: &[Vec<f32>],
+        queries: &[Query<'_>],
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Candidate>>> {
+        let vectors: Vec<&[f32]> = queries.iter().map(|q| q.vector).collect();
         Ok(self
-            .search_batch(queries, k, filter)?
+            .search_batch(&vectors, k, filter)?
             .into_iter()
             .map(|hits| self.candidates(hits))
             .collect())

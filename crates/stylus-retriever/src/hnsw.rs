@@ -17,7 +17,7 @@ use std::sync::Arc;
 use hnsw_rs::prelude::{DistDot, Hnsw, Neighbour};
 use rayon::prelude::*;
 use stylus_core::{
-    AdapterDoc, Candidate, HnswConfig, Result, RetrievalFilter, Retriever, StylusError,
+    AdapterDoc, Candidate, HnswConfig, Query, Result, RetrievalFilter, Retriever, StylusError,
 };
 
 use crate::exact::{ExactRetriever, check_k, to_candidates};
@@ -104,15 +104,13 @@ impl HnswRetriever {
     /// The `k` most similar documents passing `filter`, best first (all of them, ranked, when
     /// fewer than `k` pass). `k` must be at least 1.
     pub fn search(&self, query: &[f32], k: usize, filter: &RetrievalFilter) -> Result<Vec<Hit>> {
-        Ok(self
-            .search_batch(std::slice::from_ref(&query.to_vec()), k, filter)?
-            .remove(0))
+        Ok(self.search_batch(&[query], k, filter)?.remove(0))
     }
 
     /// [`Self::search`] for many queries, in parallel.
-    pub fn search_batch(
+    pub fn search_batch<Q: AsRef<[f32]>>(
         &self,
-        queries: &[Vec<f32>],
+        queries: &[Q],
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Hit>>> {
@@ -120,7 +118,7 @@ impl HnswRetriever {
         let dim = self.exact.vectors().dim();
         let queries = queries
             .iter()
-            .map(|q| normalized_query(q, dim))
+            .map(|q| normalized_query(q.as_ref(), dim))
             .collect::<Result<Vec<_>>>()?;
         let mask = self.exact.filter_mask(filter);
         let mask = mask.as_deref();
@@ -217,24 +215,25 @@ impl Retriever for HnswRetriever {
 
     fn retrieve(
         &self,
-        query: &[f32],
+        query: Query<'_>,
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
         Ok(to_candidates(
             self.exact.docs(),
-            self.search(query, k, filter)?,
+            self.search(query.vector, k, filter)?,
         ))
     }
 
     fn retrieve_batch(
         &self,
-        queries: &[Vec<f32>],
+        queries: &[Query<'_>],
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Candidate>>> {
+        let vectors: Vec<&[f32]> = queries.iter().map(|q| q.vector).collect();
         Ok(self
-            .search_batch(queries, k, filter)?
+            .search_batch(&vectors, k, filter)?
             .into_iter()
             .map(|hits| to_candidates(self.exact.docs(), hits))
             .collect())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stylus_core::{AdapterDoc, AdapterId, Candidate, Result, RetrievalFilter, Retriever};
+use stylus_core::{AdapterDoc, AdapterId, Candidate, Query, Result, RetrievalFilter, Retriever};
 
 use crate::exact::check_k;
 use crate::lexical::LexicalIndex;
@@ -91,12 +91,31 @@ impl HybridRetriever {
         }
     }
 
-    /// The `k` best documents for a prompt given as text (for BM25) and as its embedding (for the
-    /// dense retriever), both filtered inside their search. Scores are RRF scores, not cosines.
-    pub fn retrieve(
+    /// BM25 alone: the dense ranking gets no weight and only fills the list past the documents
+    /// that share a word with the prompt (so K is never starved by a short prompt).
+    pub fn bm25_only(dense: Arc<dyn Retriever>, lexical: LexicalIndex) -> Self {
+        let fusion = FusionConfig {
+            dense_weight: 0.0,
+            ..FusionConfig::default()
+        };
+        Self::new(dense, lexical, fusion)
+    }
+}
+
+impl Retriever for HybridRetriever {
+    fn dim(&self) -> usize {
+        self.dense.dim()
+    }
+
+    fn len(&self) -> usize {
+        self.dense.len()
+    }
+
+    /// The `k` best documents for the query's text (BM25) and vector (dense retriever), both
+    /// filtered inside their search. Scores are RRF scores, not cosines.
+    fn retrieve(
         &self,
-        prompt: &str,
-        query: &[f32],
+        query: Query<'_>,
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
@@ -111,25 +130,95 @@ impl HybridRetriever {
         let docs = self.lexical.docs();
         let lexical: Vec<Arc<AdapterDoc>> = self
             .lexical
-            .search(prompt, depth, filter)?
+            .search(query.text, depth, filter)?
             .into_iter()
             .map(|h| Arc::clone(&docs[h.index]))
             .collect();
-        Ok(reciprocal_rank_fusion(
-            &[
-                (&dense, self.fusion.dense_weight),
-                (&lexical, self.fusion.lexical_weight),
-            ],
-            self.fusion.rrf_k,
-            k,
-        ))
+        // With no dense weight, dense-only documents still come after every lexical hit (their
+        // fused score is 0 and ties keep first-appearance order, lexical first).
+        let rankings: [(&[Arc<AdapterDoc>], f32); 2] = [
+            (&lexical, self.fusion.lexical_weight),
+            (&dense, self.fusion.dense_weight),
+        ];
+        Ok(reciprocal_rank_fusion(&rankings, self.fusion.rrf_k, k))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::docs;
+    use crate::synthetic::{ClusteredVectors, docs};
+    use crate::{ExactRetriever, LexicalConfig};
+
+    /// 40 synthetic docs (tag `tag{i % 5}`) behind an exact dense retriever, fused with BM25.
+    fn retrievers() -> (Arc<dyn Retriever>, LexicalIndex, Vec<f32>) {
+        let d = docs(40);
+        let vectors = ClusteredVectors::new(8, 4, 0.3, 1);
+        let dense = ExactRetriever::new(d.clone(), vectors.matrix(40, 2)).unwrap();
+        let query = vectors.queries(1, 3).remove(0);
+        (
+            Arc::new(dense),
+            LexicalIndex::build(d, LexicalConfig::default()),
+            query,
+        )
+    }
+
+    fn ids(candidates: &[Candidate]) -> Vec<String> {
+        candidates.iter().map(|c| c.doc.id().to_string()).collect()
+    }
+
+    #[test]
+    fn bm25_mode_ranks_word_matches_first_and_fills_k_with_dense_results() {
+        let (dense, lexical, query) = retrievers();
+        let dense_ranking = dense
+            .retrieve(Query::vector(&query), 30, &RetrievalFilter::default())
+            .unwrap();
+        let bm25 = HybridRetriever::bm25_only(dense, lexical);
+        let filter = RetrievalFilter {
+            blocked_ids: [AdapterId::Civitai(4)].into(),
+            ..RetrievalFilter::default()
+        };
+        let got = bm25
+            .retrieve(Query::new("tag3", &query), 30, &filter)
+            .unwrap();
+        assert_eq!(got.len(), 30);
+        // Docs 4, 9, ..., 39 carry tag3 (index i % 5 == 3); 4 is blocked; 10 and 20 are nsfw.
+        let tagged: Vec<String> = [9, 14, 19, 24, 29, 34, 39]
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        let mut head = ids(&got[..7]);
+        head.sort();
+        let mut want = tagged.clone();
+        want.sort();
+        assert_eq!(head, want);
+        // The rest follows the dense ranking, without repeats.
+        let tail = ids(&got[7..]);
+        let dense_order: Vec<String> = ids(&dense_ranking)
+            .into_iter()
+            .filter(|id| !tagged.contains(id) && id != "4")
+            .collect();
+        assert_eq!(tail, dense_order[..tail.len()]);
+        assert!(got.iter().all(|c| !c.doc.card.nsfw));
+    }
+
+    #[test]
+    fn hybrid_without_text_is_the_dense_ranking() {
+        let (dense, lexical, query) = retrievers();
+        let want = ids(&dense
+            .retrieve(Query::vector(&query), 10, &RetrievalFilter::default())
+            .unwrap());
+        let hybrid = HybridRetriever::new(dense, lexical, FusionConfig::default());
+        let got = hybrid
+            .retrieve(Query::vector(&query), 10, &RetrievalFilter::default())
+            .unwrap();
+        assert_eq!(ids(&got), want);
+        assert!(
+            hybrid
+                .retrieve(Query::vector(&query), 0, &RetrievalFilter::default())
+                .is_err()
+        );
+    }
 
     #[test]
     fn rrf_rewards_agreement_between_rankings() {

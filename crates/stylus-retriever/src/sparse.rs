@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use stylus_core::{AdapterDoc, Candidate, Result, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{AdapterDoc, Candidate, Query, Result, RetrievalFilter, Retriever, StylusError};
 
 use crate::exact::check_k;
 
@@ -63,11 +63,12 @@ impl Retriever for SparseRetriever {
 
     fn retrieve(
         &self,
-        query: &[f32],
+        query: Query<'_>,
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
         check_k(k)?;
+        let query = query.vector;
         if query.len() != self.dim {
             return Err(StylusError::Dimension {
                 what: "sparse index query".into(),
@@ -215,8 +216,8 @@ mod tests {
         let filter = RetrievalFilter::default(); // drops the nsfw four fifths
         for q in 0..10 {
             let query = &vectors[q * dim..(q + 1) * dim];
-            let a = sparse.retrieve(query, 50, &filter).unwrap();
-            let b = exact.retrieve(query, 50, &filter).unwrap();
+            let a = sparse.retrieve(Query::vector(query), 50, &filter).unwrap();
+            let b = exact.retrieve(Query::vector(query), 50, &filter).unwrap();
             assert_eq!(a.len(), 50);
             assert!(a.iter().all(|c| !c.doc.card.nsfw));
             for (x, y) in a.iter().zip(&b) {
@@ -244,7 +245,9 @@ mod tests {
             allow_nsfw: true,
             ..RetrievalFilter::default()
         };
-        let got = sparse.retrieve(&[0.0, 0.0, 1.0, 0.0], 3, &all).unwrap();
+        let got = sparse
+            .retrieve(Query::vector(&[0.0, 0.0, 1.0, 0.0]), 3, &all)
+            .unwrap();
         let ids: Vec<_> = got.iter().map(|c| c.doc.id().clone()).collect();
         assert_eq!(
             ids,
@@ -256,8 +259,8 @@ mod tests {
         );
         assert_eq!(got[0].score, 1.0);
         assert_eq!(got[1].score, 0.0);
-        assert!(sparse.retrieve(&[0.0; 3], 1, &all).is_err());
-        assert!(sparse.retrieve(&[0.0; 4], 0, &all).is_err());
+        assert!(sparse.retrieve(Query::vector(&[0.0; 3]), 1, &all).is_err());
+        assert!(sparse.retrieve(Query::vector(&[0.0; 4]), 0, &all).is_err());
         assert!(SparseRetriever::new(docs, dim, &vectors[..5]).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use stylus_core::{AdapterId, Category, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{AdapterId, Category, Query, RetrievalFilter, Retriever, StylusError};
 use stylus_retriever::synthetic::{ClusteredVectors, docs};
 use stylus_retriever::{ExactRetriever, VectorMatrix};
 
@@ -95,7 +95,9 @@ fn filter_is_applied_inside_the_scan_and_never_starves_k() {
         allow_nsfw: true,
         ..RetrievalFilter::default()
     };
-    let hits = retriever.retrieve(q, 150, &selective).unwrap();
+    let hits = retriever
+        .retrieve(Query::vector(q), 150, &selective)
+        .unwrap();
     let ids: BTreeSet<String> = hits.iter().map(|c| c.doc.id().to_string()).collect();
     assert_eq!(ids, ["1", "2", "3"].map(String::from).into());
 }
@@ -106,10 +108,12 @@ fn k_zero_is_an_error_and_k_above_the_catalog_returns_everything_ranked() {
     let retriever = ExactRetriever::new(docs(50), clusters.matrix(50, 8)).unwrap();
     let q = &clusters.queries(1, 9)[0];
     assert!(matches!(
-        retriever.retrieve(q, 0, &pass_all()),
+        retriever.retrieve(Query::vector(q), 0, &pass_all()),
         Err(StylusError::InvalidArgument(_))
     ));
-    let all = retriever.retrieve(q, 1000, &pass_all()).unwrap();
+    let all = retriever
+        .retrieve(Query::vector(q), 1000, &pass_all())
+        .unwrap();
     assert_eq!(all.len(), 50);
     assert!(all.windows(2).all(|w| w[0].score >= w[1].score));
 }
@@ -119,7 +123,7 @@ fn wrong_query_dimension_and_mismatched_counts_are_typed_errors() {
     let clusters = ClusteredVectors::new(8, 3, 1.0, 7);
     let retriever = ExactRetriever::new(docs(10), clusters.matrix(10, 8)).unwrap();
     assert!(matches!(
-        retriever.retrieve(&[1.0; 9], 5, &pass_all()),
+        retriever.retrieve(Query::vector(&[1.0; 9]), 5, &pass_all()),
         Err(StylusError::Dimension {
             expected: 8,
             got: 9,
@@ -127,7 +131,7 @@ fn wrong_query_dimension_and_mismatched_counts_are_typed_errors() {
         })
     ));
     assert!(matches!(
-        retriever.retrieve(&[0.0; 8], 5, &pass_all()),
+        retriever.retrieve(Query::vector(&[0.0; 8]), 5, &pass_all()),
         Err(StylusError::InvalidArgument(_))
     ));
     assert!(ExactRetriever::new(docs(11), clusters.matrix(10, 8)).is_err());

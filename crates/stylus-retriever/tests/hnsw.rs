@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use stylus_core::{AdapterId, Category, HnswConfig, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{
+    AdapterId, Category, HnswConfig, Query, RetrievalFilter, Retriever, StylusError,
+};
 use stylus_retriever::synthetic::{ClusteredVectors, docs};
 use stylus_retriever::{Hit, HnswRetriever, VectorMatrix};
 
@@ -90,7 +92,13 @@ fn selective_filter_falls_back_to_exact_and_still_returns_k() {
         allow_nsfw: true,
         ..Default::default()
     };
-    assert_eq!(retriever.retrieve(q, 150, &filter).unwrap().len(), 5);
+    assert_eq!(
+        retriever
+            .retrieve(Query::vector(q), 150, &filter)
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[test]
@@ -98,14 +106,18 @@ fn many_threads_query_one_index_concurrently() {
     let (clusters, _, retriever) = catalog();
     let queries = clusters.queries(32, 25);
     let serial = retriever
-        .retrieve_batch(&queries, 50, &RetrievalFilter::default())
+        .retrieve_batch(
+            &queries.iter().map(|q| Query::vector(q)).collect::<Vec<_>>(),
+            50,
+            &RetrievalFilter::default(),
+        )
         .unwrap();
     std::thread::scope(|s| {
         for (q, want) in queries.iter().zip(&serial) {
             s.spawn(move || {
                 for _ in 0..3 {
                     let got = retriever
-                        .retrieve(q, 50, &RetrievalFilter::default())
+                        .retrieve(Query::vector(q), 50, &RetrievalFilter::default())
                         .unwrap();
                     assert_eq!(&got, want);
                 }
@@ -209,7 +221,7 @@ fn bad_queries_k_and_config_are_typed_errors() {
     let q = &clusters.queries(1, 27)[0];
     let filter = RetrievalFilter::default();
     assert!(matches!(
-        retriever.retrieve(&q[1..], 10, &filter),
+        retriever.retrieve(Query::vector(&q[1..]), 10, &filter),
         Err(StylusError::Dimension {
             expected: DIM,
             got: 31,
@@ -217,7 +229,7 @@ fn bad_queries_k_and_config_are_typed_errors() {
         })
     ));
     assert!(matches!(
-        retriever.retrieve(q, 0, &filter),
+        retriever.retrieve(Query::vector(q), 0, &filter),
         Err(StylusError::InvalidArgument(_))
     ));
     // K above the catalog: the whole filtered catalog, ranked, as the exact scan gives it.
@@ -240,7 +252,11 @@ fn empty_catalog_returns_nothing() {
     assert!(retriever.is_empty());
     assert!(
         retriever
-            .retrieve(&[1.0, 0.0, 0.0, 0.0], 5, &RetrievalFilter::default())
+            .retrieve(
+                Query::vector(&[1.0, 0.0, 0.0, 0.0]),
+                5,
+                &RetrievalFilter::default()
+            )
             .unwrap()
             .is_empty()
     );

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use stylus_core::{
-    AdapterCard, AdapterDoc, Candidate, RetrievalFilter, Retriever, StylusConfig, StylusError,
-    strip_lora_tags,
+    AdapterCard, AdapterDoc, Candidate, Query, RetrievalFilter, Retriever, StylusConfig,
+    StylusError, strip_lora_tags,
 };
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::card_refiner::{CardRefiner, CardRefinerOptions, EmbeddingText};
@@ -243,7 +243,10 @@ fn rank_dense(
     let nonzero: Vec<usize> = (0..query_vectors.len())
         .filter(|&i| query_vectors[i].iter().any(|x| *x != 0.0))
         .collect();
-    let batch: Vec<Vec<f32>> = nonzero.iter().map(|&i| query_vectors[i].clone()).collect();
+    let batch: Vec<Query> = nonzero
+        .iter()
+        .map(|&i| Query::vector(&query_vectors[i]))
+        .collect();
     let mut rankings = vec![Vec::new(); query_vectors.len()];
     for (i, ranking) in nonzero
         .into_iter()

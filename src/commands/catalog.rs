@@ -1,0 +1,143 @@
+//! The catalog the selecting subcommands search (`retrieve`, `select`, `generate`): a StylusDocs
+//! store or the bundled default catalog, with its embedder and the retriever the config asks for.
+//!
+//! The dense half: lexical vectors (mostly zeros) go to the sparse inverted index, which is exact
+//! and much faster than a graph at 4096 dims; dense vectors to the store's HNSW index when it has
+//! one, else to the exact scan. `retriever.mode` then wraps it: `dense` alone, `bm25` or `hybrid`
+//! (BM25 over the same documents, fused by reciprocal rank fusion).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stylus_core::{AdapterDoc, Embedder, RetrievalMode, Retriever, StylusConfig, StylusError};
+use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
+use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
+use stylus_refiner::store::StylusDocs;
+use stylus_retriever::persist::MANIFEST;
+use stylus_retriever::{
+    ExactRetriever, FusionConfig, HnswRetriever, HybridRetriever, LexicalConfig, LexicalIndex,
+    SparseRetriever, VectorMatrix,
+};
+
+/// An embedder and the retriever over the vectors it made.
+pub(crate) struct Catalog {
+    pub embedder: Arc<dyn Embedder>,
+    pub retriever: Arc<dyn Retriever>,
+}
+
+/// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
+/// store's HNSW index is built, saved into the store (covered by its manifest) and used.
+pub(crate) fn open(
+    index: Option<&Path>,
+    config: &StylusConfig,
+    build_hnsw: bool,
+) -> Result<Catalog, StylusError> {
+    let (embedder, docs, dense) = match index {
+        Some(dir) => open_store(dir, config, build_hnsw)?,
+        None if build_hnsw => {
+            return Err(StylusError::InvalidArgument(
+                "--build-hnsw needs --index DIR (the bundled catalog is searched exactly)".into(),
+            ));
+        }
+        None => {
+            let catalog = stylus_refiner::bundled::load()?;
+            let dim = catalog.embedder.dim();
+            let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
+            let dense = SparseRetriever::new(docs.clone(), dim, &catalog.vectors)?;
+            let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
+            (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>)
+        }
+    };
+    let lexical = || LexicalIndex::build(docs.clone(), LexicalConfig::default());
+    let retriever: Arc<dyn Retriever> = match config.retriever.mode {
+        RetrievalMode::Dense => dense,
+        RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical())),
+        RetrievalMode::Hybrid => Arc::new(HybridRetriever::new(
+            dense,
+            lexical(),
+            FusionConfig::default(),
+        )),
+    };
+    Ok(Catalog {
+        embedder,
+        retriever,
+    })
+}
+
+type Opened = (Arc<dyn Embedder>, Vec<Arc<AdapterDoc>>, Arc<dyn Retriever>);
+
+fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Opened, StylusError> {
+    let store = StylusDocs::open(dir)?;
+    let embedder = store_embedder(&store)?;
+    let embedder_id = store.embedder_id().to_string();
+    let dim = store.dim();
+    let has_index = store.manifest().files.contains_key(MANIFEST);
+    // The same test `store_embedder` uses to pick the lexical embedder.
+    let lexical = store.manifest().files.contains_key(IDF_FILE);
+    let (docs, vectors) = store.into_parts();
+    let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
+    if lexical && !build_hnsw {
+        let sparse = SparseRetriever::new(docs.clone(), dim, &vectors)?;
+        return Ok((embedder, docs, Arc::new(sparse)));
+    }
+    let vectors = VectorMatrix::new(dim, vectors)?;
+    let hnsw = config.retriever.hnsw;
+    let dense: Arc<dyn Retriever> = if build_hnsw {
+        let index = HnswRetriever::build(docs.clone(), vectors, embedder_id, hnsw)?;
+        save_into_store(&index, dir)?;
+        Arc::new(index)
+    } else if has_index {
+        let index = HnswRetriever::load(dir, docs.clone(), vectors, &embedder_id, hnsw)?;
+        Arc::new(index)
+    } else {
+        Arc::new(ExactRetriever::new(docs.clone(), vectors)?)
+    };
+    Ok((embedder, docs, dense))
+}
+
+/// The embedder a store was built with: the lexical one from its IDF table, else the MiniLM
+/// model (`$STYLUS_MINILM_DIR`) when its id is the store's.
+pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, StylusError> {
+    if store.manifest().files.contains_key(IDF_FILE) {
+        return Ok(Arc::new(LexicalEmbedder::from_store(store)?));
+    }
+    if let Some(dir) = default_minilm_dir().filter(|d| d.is_dir()) {
+        let bert = BertEmbedder::from_dir(&dir)?;
+        if bert.id() == store.embedder_id() {
+            return Ok(Arc::new(bert));
+        }
+    }
+    Err(StylusError::store(
+        store.dir(),
+        format!(
+            "vectors come from embedder `{}`, which is not available here (set STYLUS_MINILM_DIR \
+             for a MiniLM store)",
+            store.embedder_id()
+        ),
+    ))
+}
+
+/// Saves the index next to the store and registers its files in the store manifest.
+fn save_into_store(index: &HnswRetriever, store_dir: &Path) -> Result<(), StylusError> {
+    let tmp = std::env::temp_dir().join(format!("stylus-hnsw-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| StylusError::io(&tmp, e))?;
+    let saved = index.save(&tmp).and_then(|paths| {
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let sources: Vec<(&str, &Path)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(paths.iter().map(PathBuf::as_path))
+            .collect();
+        StylusDocs::add_files(store_dir, &sources).map(|_| ())
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    saved
+}
