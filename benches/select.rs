@@ -22,15 +22,15 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stylus_composer::{LocalComposer, StrategyMasker, read_parti_csv};
-use stylus_core::Retriever;
 use stylus_core::{
     AdapterCard, AdapterDoc, AdapterId, MaskStrategy, SelectOptions, Stylus, StylusConfig,
 };
+use stylus_core::{Embedder, Retriever};
 use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::read_civitai_paths;
 use stylus_refiner::filters::CardFilter;
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
-use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
+use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
 const LARGE: usize = 75_000;
@@ -93,18 +93,20 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Sty
         vectors.extend(embedder.embed_text(text));
     }
     let embedded = t.elapsed().as_secs_f64();
-    let id = stylus_core::Embedder::id(&embedder);
+    let id = Embedder::id(&embedder);
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     let t = Instant::now();
     let retriever: Arc<dyn Retriever> = match search {
-        Search::Sparse => Arc::new(SparseRetriever::new(docs, DEFAULT_DIM, &vectors).unwrap()),
+        Search::Sparse => {
+            Arc::new(SparseRetriever::new(docs.clone(), DEFAULT_DIM, &vectors).unwrap())
+        }
         Search::Hnsw => {
             let matrix = VectorMatrix::new(DEFAULT_DIM, vectors).unwrap();
-            Arc::new(HnswRetriever::build(docs, matrix, id, config.retriever.hnsw).unwrap())
+            Arc::new(HnswRetriever::build(docs.clone(), matrix, id, config.retriever.hnsw).unwrap())
         }
         Search::Exact => {
             let matrix = VectorMatrix::new(DEFAULT_DIM, vectors).unwrap();
-            Arc::new(ExactRetriever::new(docs, matrix).unwrap())
+            Arc::new(ExactRetriever::new(docs.clone(), matrix).unwrap())
         }
     };
     eprintln!(
@@ -112,11 +114,17 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Sty
         cards.len(),
         t.elapsed().as_secs_f64()
     );
+    // What `stylus select` runs: the configured mode (hybrid by default) and the composer
+    // comparing topics with candidate names through the catalog's embedder.
+    let retriever = hybrid::with_mode(config.retriever.mode, retriever, docs);
+    let embedder: Arc<dyn Embedder> = Arc::new(embedder);
     Stylus::builder()
         .config(config.clone())
-        .embedder(Arc::new(embedder))
+        .embedder(embedder.clone())
         .retriever(retriever)
-        .composer(Arc::new(LocalComposer::new(config.composer.clone())))
+        .composer(Arc::new(
+            LocalComposer::new(config.composer.clone()).with_embedder(embedder),
+        ))
         .masker(Arc::new(StrategyMasker::new(MaskStrategy::OneHotLoras)))
         .build()
         .unwrap()

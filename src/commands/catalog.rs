@@ -9,15 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stylus_core::{AdapterDoc, Embedder, RetrievalMode, Retriever, StylusConfig, StylusError};
+use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
 use stylus_refiner::store::StylusDocs;
 use stylus_retriever::persist::MANIFEST;
-use stylus_retriever::{
-    ExactRetriever, FusionConfig, HnswRetriever, HybridRetriever, LexicalConfig, LexicalIndex,
-    SparseRetriever, VectorMatrix,
-};
+use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
 /// An embedder and the retriever over the vectors it made.
 pub(crate) struct Catalog {
@@ -48,16 +45,7 @@ pub(crate) fn open(
             (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>)
         }
     };
-    let lexical = || LexicalIndex::build(docs.clone(), LexicalConfig::default());
-    let retriever: Arc<dyn Retriever> = match config.retriever.mode {
-        RetrievalMode::Dense => dense,
-        RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical())),
-        RetrievalMode::Hybrid => Arc::new(HybridRetriever::new(
-            dense,
-            lexical(),
-            FusionConfig::default(),
-        )),
-    };
+    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs);
     Ok(Catalog {
         embedder,
         retriever,

@@ -185,6 +185,11 @@ mod tests {
     fn partial_file_keeps_other_defaults() {
         let config = StylusConfig::from_toml_str("[retriever]\ntop_k = 20\n").unwrap();
         assert_eq!(config.retriever.top_k, 20);
+        assert_eq!(config.retriever.mode, RetrievalMode::Hybrid);
+        let bm25 = StylusConfig::from_toml_str("[retriever]\nmode = \"bm25\"\n").unwrap();
+        assert_eq!(bm25.retriever.mode, RetrievalMode::Bm25);
+        let err = StylusConfig::from_toml_str("[retriever]\nmode = \"sparse\"\n").unwrap_err();
+        assert!(err.contains("sparse") && err.contains("hybrid"), "{err}");
         assert_eq!(config.retriever.hnsw, HnswConfig::default());
         assert_eq!(config.composer, ComposerConfig::default());
     }

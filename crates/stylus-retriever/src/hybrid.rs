@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stylus_core::{AdapterDoc, AdapterId, Candidate, Query, Result, RetrievalFilter, Retriever};
+use stylus_core::{
+    AdapterDoc, AdapterId, Candidate, Query, Result, RetrievalFilter, RetrievalMode, Retriever,
+};
 
 use crate::exact::check_k;
-use crate::lexical::LexicalIndex;
+use crate::lexical::{LexicalConfig, LexicalIndex};
 
 /// How the two rankings are fused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,25 @@ impl HybridRetriever {
     }
 }
 
+/// `dense` as the config's `retriever.mode` asks: alone, or with BM25 over `docs` (the
+/// documents `dense` searches), fused.
+pub fn with_mode(
+    mode: RetrievalMode,
+    dense: Arc<dyn Retriever>,
+    docs: Vec<Arc<AdapterDoc>>,
+) -> Arc<dyn Retriever> {
+    let lexical = || LexicalIndex::build(docs, LexicalConfig::default());
+    match mode {
+        RetrievalMode::Dense => dense,
+        RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical())),
+        RetrievalMode::Hybrid => Arc::new(HybridRetriever::new(
+            dense,
+            lexical(),
+            FusionConfig::default(),
+        )),
+    }
+}
+
 impl Retriever for HybridRetriever {
     fn dim(&self) -> usize {
         self.dense.dim()
@@ -147,8 +168,8 @@ impl Retriever for HybridRetriever {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ExactRetriever;
     use crate::synthetic::{ClusteredVectors, docs};
-    use crate::{ExactRetriever, LexicalConfig};
 
     /// 40 synthetic docs (tag `tag{i % 5}`) behind an exact dense retriever, fused with BM25.
     fn retrievers() -> (Arc<dyn Retriever>, LexicalIndex, Vec<f32>) {
