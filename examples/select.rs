@@ -1,5 +1,6 @@
 //! The whole selection pipeline from a library: the bundled catalog (embedded offline with the
-//! lexical embedder), an exact retriever, the local composer and a seeded mask sampler, wired
+//! lexical embedder), an exact retriever fused with BM25 (the configured `retriever.mode`), the
+//! local composer comparing topics through the same embedder, and a seeded mask sampler, wired
 //! into `Stylus`. Prints the topics with their adapters and one A1111 prompt per image.
 //!
 //! ```text
@@ -13,7 +14,7 @@ use stylus_core::{
     AdapterDoc, Embedder, MaskStrategy, SelectOptions, Stylus, StylusConfig, StylusError,
     format_weight,
 };
-use stylus_retriever::{ExactRetriever, VectorMatrix};
+use stylus_retriever::{ExactRetriever, VectorMatrix, hybrid};
 
 #[tokio::main]
 async fn main() -> Result<(), StylusError> {
@@ -25,14 +26,18 @@ async fn main() -> Result<(), StylusError> {
     let catalog = stylus_refiner::bundled::load()?;
     let dim = catalog.embedder.dim();
     let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
-    let retriever = ExactRetriever::new(docs, VectorMatrix::new(dim, catalog.vectors)?)?;
+    let dense = ExactRetriever::new(docs.clone(), VectorMatrix::new(dim, catalog.vectors)?)?;
+    let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
 
-    // 2. The pipeline with the paper's defaults (top-150, <= 3 adapters per topic, ...).
+    // 2. The pipeline with the paper's defaults (top-150, <= 3 adapters per topic, ...); the
+    //    default retrieval mode fuses the dense ranking with BM25 over the same documents.
     let config = StylusConfig::default();
+    let retriever = hybrid::with_mode(config.retriever.mode, Arc::new(dense), docs);
+    let composer = LocalComposer::new(config.composer.clone()).with_embedder(embedder.clone());
     let stylus = Stylus::builder()
-        .embedder(Arc::new(catalog.embedder))
-        .retriever(Arc::new(retriever))
-        .composer(Arc::new(LocalComposer::new(config.composer.clone())))
+        .embedder(embedder)
+        .retriever(retriever)
+        .composer(Arc::new(composer))
         .masker(Arc::new(StrategyMasker::new(MaskStrategy::OneHotLoras)))
         .config(config)
         .build()?;

@@ -424,6 +424,7 @@ const GENERIC_HEADS: &[&str] = &[
     "illustration",
     "photo",
     "photograph",
+    "photography",
     "render",
     "design",
     "picture",

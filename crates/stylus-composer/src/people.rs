@@ -40,22 +40,38 @@ const PERSON_WORDS: [&str; 6] = [
     "cosplayer",
 ];
 
-/// The name in an adapter title: bracketed parts dropped ("[LoCon]", "(v2)"), then the first part
-/// before `|`, `-`, `:` or `,` that has a name word left once words like "LoRA", "character" or
-/// version numbers are removed.
+/// The name in an adapter title: bracketed parts dropped ("[LoCon]", "(v2)"), run-together
+/// capitalized words split ("EdobHorse" -> "Edob Horse"), then the first part before `|`, `:`,
+/// `,` or a spaced dash ("Name - by author"; a hyphen inside a word like "MX-5" or "Thigh-High"
+/// does not cut) that has a name word left once words like "LoRA", "character" or version
+/// numbers are removed.
 pub fn title_name(title: &str) -> Vec<String> {
-    let mut unbracketed = String::with_capacity(title.len());
+    let mut plain = String::with_capacity(title.len() + 8);
     let mut depth = 0usize;
-    for c in title.chars() {
+    let chars: Vec<char> = title.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
         match c {
             '(' | '[' | '{' => depth += 1,
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            _ if depth == 0 => unbracketed.push(c),
+            _ if depth == 0 => {
+                let starts_word = c.is_uppercase()
+                    && i > 0
+                    && chars[i - 1].is_lowercase()
+                    && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+                if starts_word {
+                    plain.push(' ');
+                }
+                plain.push(c);
+            }
             _ => {}
         }
     }
-    unbracketed
-        .split(['|', '-', ':', ','])
+    let plain = plain
+        .replace(" - ", "|")
+        .replace(" \u{2013} ", "|")
+        .replace(" \u{2014} ", "|");
+    plain
+        .split(['|', ':', ','])
         .map(|part| {
             lower_words(part)
                 .into_iter()
@@ -115,5 +131,14 @@ mod tests {
         assert_eq!(title_name("Aria Vexley (v2) - LoRA"), ["aria", "vexley"]);
         assert_eq!(title_name("LoRA | Captain Nemo v1.5"), ["captain", "nemo"]);
         assert!(title_name("[v3]").is_empty());
+        assert_eq!(title_name("EdobHorse"), ["edob", "horse"]);
+        assert_eq!(
+            title_name("MAZDA MX-5 NA car LORA"),
+            ["mazda", "mx", "na", "car"]
+        );
+        assert_eq!(
+            title_name("Stripey Thigh-High Socks LoRA"),
+            ["stripey", "thigh", "high", "socks"]
+        );
     }
 }
