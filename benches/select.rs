@@ -116,7 +116,7 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Sty
     );
     // What `stylus select` runs: the configured mode (hybrid by default) and the composer
     // comparing topics with candidate names through the catalog's embedder.
-    let retriever = hybrid::with_mode(config.retriever.mode, retriever, docs);
+    let retriever = hybrid::with_mode(config.retriever.mode, retriever, docs, true);
     let embedder: Arc<dyn Embedder> = Arc::new(embedder);
     Stylus::builder()
         .config(config.clone())

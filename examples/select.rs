@@ -32,7 +32,7 @@ async fn main() -> Result<(), StylusError> {
     // 2. The pipeline with the paper's defaults (top-150, <= 3 adapters per topic, ...); the
     //    default retrieval mode fuses the dense ranking with BM25 over the same documents.
     let config = StylusConfig::default();
-    let retriever = hybrid::with_mode(config.retriever.mode, Arc::new(dense), docs);
+    let retriever = hybrid::with_mode(config.retriever.mode, Arc::new(dense), docs, true);
     let composer = LocalComposer::new(config.composer.clone()).with_embedder(embedder.clone());
     let stylus = Stylus::builder()
         .embedder(embedder)

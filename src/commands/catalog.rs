@@ -4,7 +4,8 @@
 //! The dense half: lexical vectors (mostly zeros) go to the sparse inverted index, which is exact
 //! and much faster than a graph at 4096 dims; dense vectors to the store's HNSW index when it has
 //! one, else to the exact scan. `retriever.mode` then wraps it: `dense` alone, `bm25` or `hybrid`
-//! (BM25 over the same documents, fused by reciprocal rank fusion).
+//! (BM25 over the same documents, fused by reciprocal rank fusion), or `auto` (the default: `bm25`
+//! for lexical vectors, `hybrid` for semantic ones).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub(crate) fn open(
     config: &StylusConfig,
     build_hnsw: bool,
 ) -> Result<Catalog, StylusError> {
-    let (embedder, docs, dense) = match index {
+    let (embedder, docs, dense, lexical) = match index {
         Some(dir) => open_store(dir, config, build_hnsw)?,
         None if build_hnsw => {
             return Err(StylusError::InvalidArgument(
@@ -42,17 +43,23 @@ pub(crate) fn open(
             let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
             let dense = SparseRetriever::new(docs.clone(), dim, &catalog.vectors)?;
             let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
-            (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>)
+            (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>, true)
         }
     };
-    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs);
+    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs, lexical);
     Ok(Catalog {
         embedder,
         retriever,
     })
 }
 
-type Opened = (Arc<dyn Embedder>, Vec<Arc<AdapterDoc>>, Arc<dyn Retriever>);
+/// Embedder, documents, the dense retriever, and whether its vectors are lexical.
+type Opened = (
+    Arc<dyn Embedder>,
+    Vec<Arc<AdapterDoc>>,
+    Arc<dyn Retriever>,
+    bool,
+);
 
 fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Opened, StylusError> {
     let store = StylusDocs::open(dir)?;
@@ -66,7 +73,7 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     if lexical && !build_hnsw {
         let sparse = SparseRetriever::new(docs.clone(), dim, &vectors)?;
-        return Ok((embedder, docs, Arc::new(sparse)));
+        return Ok((embedder, docs, Arc::new(sparse), true));
     }
     let vectors = VectorMatrix::new(dim, vectors)?;
     let hnsw = config.retriever.hnsw;
@@ -80,7 +87,7 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     } else {
         Arc::new(ExactRetriever::new(docs.clone(), vectors)?)
     };
-    Ok((embedder, docs, dense))
+    Ok((embedder, docs, dense, lexical))
 }
 
 /// The embedder a store was built with: the lexical one from its IDF table, else the MiniLM

@@ -297,6 +297,7 @@ mod tests {
             RetrievalMode::Dense,
             RetrievalMode::Bm25,
             RetrievalMode::Hybrid,
+            RetrievalMode::Auto,
         ] {
             let mut config = StylusConfig::default();
             config.retriever.mode = mode;

@@ -264,8 +264,44 @@ struct Semantics {
 
 /// A candidate's name (title without versions and brackets) and subject word, embedded.
 struct NameVectors {
-    name: Vec<f32>,
-    subject: Option<Vec<f32>>,
+    name: PackedVector,
+    subject: Option<PackedVector>,
+}
+
+/// A cached vector, kept as its non-zero entries when those are few: a hashed TF-IDF vector of a
+/// two-word name has a handful of 4,096 entries set, and a catalog of 75K names must not cost
+/// gigabytes.
+enum PackedVector {
+    Dense(Vec<f32>),
+    Sparse(Vec<(u32, f32)>),
+}
+
+impl PackedVector {
+    fn pack(vector: Vec<f32>) -> Self {
+        let non_zero = vector.iter().filter(|x| **x != 0.0).count();
+        if non_zero * 4 > vector.len() {
+            return Self::Dense(vector);
+        }
+        Self::Sparse(
+            vector
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x != 0.0)
+                .map(|(i, x)| (i as u32, *x))
+                .collect(),
+        )
+    }
+
+    /// Dot product with a dense vector of the same dimension.
+    fn dot(&self, other: &[f32]) -> f32 {
+        match self {
+            Self::Dense(v) => v.iter().zip(other).map(|(x, y)| x * y).sum(),
+            Self::Sparse(entries) => entries
+                .iter()
+                .map(|&(i, x)| x * other.get(i as usize).copied().unwrap_or(0.0))
+                .sum(),
+        }
+    }
 }
 
 /// Cosines per (topic, candidate): with the candidate's name and with its subject word.
@@ -283,14 +319,13 @@ impl Semantics {
         let topic_texts: Vec<String> = segments.iter().map(|s| s.text.clone()).collect();
         let topics = self.embed(topic_texts).await?;
         let names = self.name_vectors(candidates).await?;
-        let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        let table = |pick: &dyn Fn(&NameVectors) -> Option<&Vec<f32>>| -> Vec<Vec<f32>> {
+        let table = |pick: &dyn Fn(&NameVectors) -> Option<&PackedVector>| -> Vec<Vec<f32>> {
             topics
                 .iter()
                 .map(|t| {
                     names
                         .iter()
-                        .map(|n| pick(n).map_or(0.0, |v| cosine(t, v)))
+                        .map(|n| pick(n).map_or(0.0, |v| v.dot(t)))
                         .collect()
                 })
                 .collect()
@@ -326,8 +361,12 @@ impl Semantics {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (doc, subject) in missing.into_iter().zip(subjects) {
                 let has_subject = subject.is_some();
-                let name = vectors.next().unwrap_or_default();
-                let subject = if has_subject { vectors.next() } else { None };
+                let name = PackedVector::pack(vectors.next().unwrap_or_default());
+                let subject = if has_subject {
+                    vectors.next().map(PackedVector::pack)
+                } else {
+                    None
+                };
                 cache.insert(doc.id().clone(), Arc::new(NameVectors { name, subject }));
             }
         }

@@ -11,8 +11,9 @@ use stylus_core::{AdapterCard, AdapterDoc, AdapterId, Embedder, Refiner, Result,
 
 use crate::store::StylusDocs;
 
-/// Texts handed to the embedder per call.
-pub const EMBED_BATCH: usize = 64;
+/// Texts handed to the embedder per call: several of a BERT embedder's batches (32), so it runs
+/// them in parallel and pads less after sorting by length; progress moves this often.
+pub const EMBED_BATCH: usize = 256;
 
 /// What [`refine_cards`] and [`embed_docs`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -105,17 +105,22 @@ impl HybridRetriever {
 }
 
 /// `dense` as the config's `retriever.mode` asks: alone, or with BM25 over `docs` (the
-/// documents `dense` searches), fused.
+/// documents `dense` searches), fused. `dense_is_lexical` says whether its vectors are lexical
+/// (hashed TF-IDF), which is what [`RetrievalMode::Auto`] decides on.
 pub fn with_mode(
     mode: RetrievalMode,
     dense: Arc<dyn Retriever>,
     docs: Vec<Arc<AdapterDoc>>,
+    dense_is_lexical: bool,
 ) -> Arc<dyn Retriever> {
     let lexical = || LexicalIndex::build(docs, LexicalConfig::default());
     match mode {
         RetrievalMode::Dense => dense,
         RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical())),
-        RetrievalMode::Hybrid => Arc::new(HybridRetriever::new(
+        RetrievalMode::Auto if dense_is_lexical => {
+            Arc::new(HybridRetriever::bm25_only(dense, lexical()))
+        }
+        RetrievalMode::Hybrid | RetrievalMode::Auto => Arc::new(HybridRetriever::new(
             dense,
             lexical(),
             FusionConfig::default(),
@@ -254,5 +259,27 @@ mod tests {
         assert!((fused[0].score - want).abs() < 1e-7);
         let lexical_only = reciprocal_rank_fusion(&[(&a, 0.0), (&b, 1.0)], 60.0, 1);
         assert_eq!(lexical_only[0].doc.id().to_string(), "2");
+    }
+
+    #[test]
+    fn auto_mode_is_bm25_over_lexical_vectors_and_hybrid_over_semantic_ones() {
+        let (dense, lexical, query) = retrievers();
+        let all = RetrievalFilter::default();
+        let ranked =
+            |r: &dyn Retriever| ids(&r.retrieve(Query::new("tag3", &query), 20, &all).unwrap());
+        let docs = lexical.docs().to_vec();
+        let bm25 = HybridRetriever::bm25_only(dense.clone(), lexical);
+        let fused = HybridRetriever::new(
+            dense.clone(),
+            LexicalIndex::build(docs.clone(), LexicalConfig::default()),
+            FusionConfig::default(),
+        );
+        let auto_lexical = with_mode(RetrievalMode::Auto, dense.clone(), docs.clone(), true);
+        let auto_semantic = with_mode(RetrievalMode::Auto, dense.clone(), docs.clone(), false);
+        assert_eq!(ranked(auto_lexical.as_ref()), ranked(&bm25));
+        assert_eq!(ranked(auto_semantic.as_ref()), ranked(&fused));
+        assert_ne!(ranked(&bm25), ranked(&fused));
+        let plain = with_mode(RetrievalMode::Dense, dense.clone(), docs, true);
+        assert_eq!(ranked(plain.as_ref()), ranked(dense.as_ref()));
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use stylus_core::{Embedder, Result, StylusError};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -194,12 +195,19 @@ impl<B: Backend> BertEmbedder<B> {
 
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        // Batches run in parallel: much of a forward pass (attention per head, layout copies,
+        // GELU) is single-threaded in burn-flex, so one batch alone keeps ~1.1 cores busy.
+        let batches: Vec<Vec<Vec<f32>>> = order
+            .par_chunks(self.batch_size)
+            .map(|chunk| {
+                let batch: Vec<&tokenizers::Encoding> =
+                    chunk.iter().map(|&i| &encodings[i]).collect();
+                self.embed_encodings(&batch)
+            })
+            .collect::<Result<_>>()?;
         let mut vectors = vec![Vec::new(); encodings.len()];
-        for chunk in order.chunks(self.batch_size) {
-            let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
-            for (&i, vector) in chunk.iter().zip(self.embed_encodings(&batch)?) {
-                vectors[i] = vector;
-            }
+        for (&i, vector) in order.iter().zip(batches.into_iter().flatten()) {
+            vectors[i] = vector;
         }
         Ok(vectors)
     }
