@@ -142,6 +142,8 @@ CATALOG = {
         "Water Splash|concept, water, splash, liquid|water splash|frozen splashes of water",
         "Smoke Plumes|concept, smoke, fog, atmosphere|smoke plume|curling smoke plumes",
         "Lightning Storm|concept, lightning, storm, weather|lightning bolts|forked lightning bolts",
+        "Falling Rain|concept, rain, rainy, weather|rain streaks|falling rain streaks and wet glistening surfaces",
+        "Falling Snow|concept, snow, snowfall, winter, weather|snowfall|gently falling snowflakes",
         "Reflections|concept, reflection, mirror, water reflection|reflection|clean mirror and water reflections",
         "Explosion Burst|concept, explosion, fire, action|explosion|a fiery explosion burst",
         "Galaxy and Nebula|concept, galaxy, nebula, space, stars|nebula sky|colourful nebulae and star fields",
@@ -161,6 +163,7 @@ CATALOG = {
     ],
     "pose": [
         "Sitting Cross-Legged|pose, sitting, cross-legged|sitting cross-legged|a relaxed cross-legged sitting pose",
+        "Riding Pose|pose, riding, rider, mounted|riding pose|a rider seated astride a mount, whatever the animal",
         "Standing Hero Pose|pose, standing, heroic|hero stance|a confident standing pose, fists on hips",
         "Standing on One Leg|pose, standing on one leg, balance|one-leg stance|balancing on one leg",
         "Jumping Mid-Air|pose, jumping, mid-air, action|midair jump|a dynamic jump caught mid-air",

@@ -289,8 +289,9 @@ mod tests {
         assert!(build(&bad, &config, MaskStrategy::All).is_err());
     }
 
-    /// The README's prompt under each retrieval mode: no horse-riding adapter for "riding" (a
-    /// cat is ridden), cat adapters for "cat", the watercolor style for "watercolor".
+    /// The README's prompt under each retrieval mode: the generic riding pose but not the
+    /// horse-riding adapter for "riding" (a cat is ridden), cat adapters for "cat", falling rain
+    /// (not an umbrella or a rainy street) for "rain", the watercolor style for "watercolor".
     #[test]
     fn the_readme_prompt_gets_no_narrower_adapters_in_any_retrieval_mode() {
         for mode in [
@@ -318,9 +319,9 @@ mod tests {
                 got,
                 [
                     ("man", vec![]),
-                    ("riding", vec![]),
+                    ("riding", vec!["Riding Pose"]),
                     ("cat", vec!["Tabby Cat", "Fluffy Cats"]),
-                    ("rain", vec![]),
+                    ("rain", vec!["Falling Rain"]),
                     ("watercolor", vec!["Soft Watercolor Wash"]),
                 ],
                 "{mode:?}"
