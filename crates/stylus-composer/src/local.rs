@@ -152,11 +152,13 @@ impl LocalComposer {
                 continue;
             }
             let terms = CandidateTerms::new(doc);
-            // "Rainy" names rain: an adjective's `y` is dropped too.
+            // "Rainy" names rain (an adjective's `y` is dropped too); "glasses" is in
+            // "sunglasses" (a compound ending in the word).
             let in_prompt = |w: &String| {
                 prompt_stems.contains(w)
                     || w.strip_suffix('y')
                         .is_some_and(|w| prompt_stems.contains(w))
+                    || (w.len() >= 4 && prompt_stems.iter().any(|p| p.ends_with(w.as_str())))
             };
             let subject_in_prompt = terms.subject.as_ref().is_none_or(in_prompt)
                 || terms.qualifier.as_ref().is_some_and(in_prompt);
@@ -893,6 +895,20 @@ mod tests {
                 ("cat".to_string(), vec![]),
                 ("rain".to_string(), vec![5]),
             ]
+        );
+        // A compound of the subject counts: sunglasses are glasses.
+        let glasses = [candidate(
+            7,
+            "Glasses LoRA",
+            &["sunglasses", "glasses"],
+            Category::Clothing,
+        )];
+        assert_eq!(
+            compose("a man wearing sunglasses", &glasses)
+                .iter()
+                .flat_map(|(_, ids)| ids.clone())
+                .collect::<Vec<_>>(),
+            [7]
         );
         // A wizard hat is no wizard: "hat" is not a class the wizard belongs to.
         let hat = [candidate(
