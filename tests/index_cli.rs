@@ -87,6 +87,19 @@ fn index_without_inputs_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+
+    // An unknown refiner is a usage error, and no store is written.
+    let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args(["index", "--refiner", "gpt", "--civitai"])
+        .arg(part7())
+        .arg("--out")
+        .arg(dir.path().join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--refiner gpt"), "{stderr}");
+    assert!(!dir.path().join("s").exists());
 }
 
 /// `--refiner vlm` against a stub OpenAI-compatible server on 127.0.0.1: every kept card is
