@@ -61,10 +61,13 @@ impl SigmaSchedule {
     }
 }
 
-/// Euler's method on the probability-flow ODE.
+/// Euler's method on the probability-flow ODE, plain or ancestral ("Euler a": an Euler step
+/// down to `sigma_down`, then fresh noise of size `sigma_up`, the noise coming from the caller,
+/// our own seeded RNG). Plain Euler is the ancestral step with `sigma_up = 0`.
 #[derive(Debug, Clone)]
 pub struct EulerScheduler {
     schedule: SigmaSchedule,
+    ancestral: bool,
 }
 
 impl EulerScheduler {
@@ -72,6 +75,15 @@ impl EulerScheduler {
     pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self> {
         Ok(Self {
             schedule: SigmaSchedule::new(config, steps)?,
+            ancestral: false,
+        })
+    }
+
+    /// Euler ancestral over `steps` steps (default spacing `linspace`).
+    pub fn ancestral(config: &ScheduleConfig, steps: usize) -> Result<Self> {
+        Ok(Self {
+            ancestral: true,
+            ..Self::new(config, steps)?
         })
     }
 }
@@ -93,64 +105,8 @@ impl Scheduler for EulerScheduler {
         self.schedule.input_scale(index)
     }
 
-    fn step(
-        &mut self,
-        index: usize,
-        model_output: &[f32],
-        sample: &[f32],
-        noise: Option<&[f32]>,
-    ) -> Result<Vec<f32>> {
-        check_lengths(model_output, sample, noise)?;
-        let sigma = self.schedule.sigmas[index];
-        let dt = self.schedule.sigmas[index + 1] - sigma;
-        Ok(model_output
-            .iter()
-            .zip(sample)
-            .map(|(&eps, &x)| {
-                let (eps, x) = (f64::from(eps), f64::from(x));
-                let denoised = x - sigma * eps;
-                let derivative = (x - denoised) / sigma;
-                (x + derivative * dt) as f32
-            })
-            .collect())
-    }
-}
-
-/// Euler ancestral ("Euler a"): an Euler step down to `sigma_down`, then fresh noise of size
-/// `sigma_up`. The noise comes from the caller (our own seeded RNG).
-#[derive(Debug, Clone)]
-pub struct EulerAncestralScheduler {
-    schedule: SigmaSchedule,
-}
-
-impl EulerAncestralScheduler {
-    /// Euler ancestral over `steps` steps (default spacing `linspace`).
-    pub fn new(config: &ScheduleConfig, steps: usize) -> Result<Self> {
-        Ok(Self {
-            schedule: SigmaSchedule::new(config, steps)?,
-        })
-    }
-}
-
-impl Scheduler for EulerAncestralScheduler {
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.schedule.sigmas)
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma
-    }
-
-    fn model_input_scale(&self, index: usize) -> f64 {
-        self.schedule.input_scale(index)
-    }
-
     fn needs_noise(&self) -> bool {
-        true
+        self.ancestral
     }
 
     fn step(
@@ -161,25 +117,31 @@ impl Scheduler for EulerAncestralScheduler {
         noise: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
         check_lengths(model_output, sample, noise)?;
-        let noise = noise.ok_or_else(|| {
-            StylusError::InvalidArgument("euler_ancestral step needs noise".to_string())
-        })?;
         let sigma_from = self.schedule.sigmas[index];
         let sigma_to = self.schedule.sigmas[index + 1];
-        let sigma_up = (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to)
-            / (sigma_from * sigma_from))
-            .sqrt();
-        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+        let (sigma_down, sigma_up, noise) = if self.ancestral {
+            let noise = noise.ok_or_else(|| {
+                StylusError::InvalidArgument("euler_ancestral step needs noise".to_string())
+            })?;
+            let sigma_up = (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to)
+                / (sigma_from * sigma_from))
+                .sqrt();
+            let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+            (sigma_down, sigma_up, Some(noise))
+        } else {
+            (sigma_to, 0.0, None)
+        };
         let dt = sigma_down - sigma_from;
         Ok(model_output
             .iter()
             .zip(sample)
-            .zip(noise)
-            .map(|((&eps, &x), &z)| {
+            .enumerate()
+            .map(|(i, (&eps, &x))| {
                 let (eps, x) = (f64::from(eps), f64::from(x));
                 let denoised = x - sigma_from * eps;
                 let derivative = (x - denoised) / sigma_from;
-                (x + derivative * dt + f64::from(z) * sigma_up) as f32
+                let fresh = noise.map_or(0.0, |z| f64::from(z[i]) * sigma_up);
+                (x + derivative * dt + fresh) as f32
             })
             .collect())
     }

@@ -16,7 +16,7 @@ mod pndm;
 
 pub use ddim::DdimScheduler;
 pub use dpm_solver::DpmSolverMultistepScheduler;
-pub use euler::{EulerAncestralScheduler, EulerScheduler};
+pub use euler::EulerScheduler;
 pub use pndm::PndmScheduler;
 
 use stylus_core::{Result, StylusError};
@@ -273,7 +273,7 @@ pub fn scheduler_by_name(
     Ok(match name {
         "ddim" => Box::new(DdimScheduler::new(config, steps)?),
         "euler" => Box::new(EulerScheduler::new(config, steps)?),
-        "euler_ancestral" => Box::new(EulerAncestralScheduler::new(config, steps)?),
+        "euler_ancestral" => Box::new(EulerScheduler::ancestral(config, steps)?),
         "dpmpp_2m" => Box::new(DpmSolverMultistepScheduler::new(config, steps, false)?),
         "dpmpp_2m_karras" => Box::new(DpmSolverMultistepScheduler::new(config, steps, true)?),
         "pndm" => Box::new(PndmScheduler::new(config, steps)?),
