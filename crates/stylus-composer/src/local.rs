@@ -248,16 +248,6 @@ impl Composer for LocalComposer {
     }
 }
 
-/// The text a candidate's name vector is made from: its title's name, else the whole title.
-fn name_text(doc: &AdapterDoc) -> String {
-    let name = people::title_name(&doc.card.title);
-    if name.is_empty() {
-        doc.card.title.clone()
-    } else {
-        name.join(" ")
-    }
-}
-
 /// An embedder and the vectors of the candidates it has seen.
 struct Semantics {
     embedder: Arc<dyn Embedder>,
@@ -350,25 +340,29 @@ impl Semantics {
                 .collect()
         };
         if !missing.is_empty() {
-            let subjects: Vec<Option<String>> = missing
+            // (name text, subject word) per card: the title's name, else the whole title.
+            let texts: Vec<(String, Option<String>)> = missing
                 .iter()
-                .map(|doc| CandidateTerms::new(doc).subject_word)
+                .map(|doc| {
+                    let terms = CandidateTerms::new(doc);
+                    let name = if terms.name.is_empty() {
+                        doc.card.title.clone()
+                    } else {
+                        terms.name.join(" ")
+                    };
+                    (name, terms.subject_word)
+                })
                 .collect();
-            let mut texts = Vec::with_capacity(missing.len() * 2);
-            for (doc, subject) in missing.iter().zip(&subjects) {
-                texts.push(name_text(doc));
-                texts.extend(subject.clone());
-            }
-            let mut vectors = self.embed(texts).await?.into_iter();
+            let flat: Vec<String> = texts
+                .iter()
+                .flat_map(|(name, subject)| std::iter::once(name.clone()).chain(subject.clone()))
+                .collect();
+            // `embed` checked that one vector came back per text.
+            let mut vectors = self.embed(flat).await?.into_iter().map(PackedVector::pack);
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for (doc, subject) in missing.into_iter().zip(subjects) {
-                let has_subject = subject.is_some();
-                let name = PackedVector::pack(vectors.next().unwrap_or_default());
-                let subject = if has_subject {
-                    vectors.next().map(PackedVector::pack)
-                } else {
-                    None
-                };
+            for (doc, (_, subject)) in missing.into_iter().zip(&texts) {
+                let name = vectors.next().unwrap_or(PackedVector::Sparse(Vec::new()));
+                let subject = subject.as_ref().and_then(|_| vectors.next());
                 cache.insert(doc.id().clone(), Arc::new(NameVectors { name, subject }));
             }
         }
