@@ -10,8 +10,11 @@ pub fn is_person(doc: &AdapterDoc) -> bool {
 }
 
 /// True when the prompt (its lower-cased words, in order) asks for this character or person: it
-/// uses a word like "character" or "celebrity", or it names the adapter: one of its trigger
-/// words, or the name in its title (see [`title_name`]), appears in the prompt as a run of words.
+/// uses a word like "character" or "celebrity", or it names them. Naming means the person's name
+/// (the name in the title, [`title_name`], without descriptors like "man", "girl" or "90s")
+/// appears as a run of prompt words, or a trigger word that carries a word of that name does
+/// ("miku_outfit" for Hatsune Miku). Generic trigger words ("a man", "silver hair") never name
+/// anyone: a prompt about a man does not ask for Walter White.
 pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
     if prompt_words
         .iter()
@@ -19,15 +22,82 @@ pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
     {
         return true;
     }
-    let contains_run = |run: &[String]| {
-        !run.is_empty() && prompt_words.windows(run.len()).any(|window| window == run)
+    let name = person_name(&doc.card.title);
+    if name.is_empty() {
+        return false;
+    }
+    let contains_run = |haystack: &[String], run: &[String]| {
+        !run.is_empty() && haystack.windows(run.len()).any(|window| window == run)
     };
-    contains_run(&title_name(&doc.card.title))
-        || doc
-            .card
-            .trigger_words
-            .iter()
-            .any(|t| contains_run(&lower_words(t)))
+    contains_run(prompt_words, &name)
+        || doc.card.trigger_words.iter().any(|trigger| {
+            let trigger = lower_words(trigger);
+            // A trigger names the person when it carries a word of the name ("miku_outfit" for
+            // Hatsune Miku); a descriptive trigger ("silver hair") does not.
+            trigger.iter().any(|w| name.contains(w)) && contains_run(prompt_words, &trigger)
+        })
+}
+
+/// The words of a person's name in an adapter title: [`title_name`] without the words that
+/// describe rather than name ("90s Keanu Reeves" -> "keanu reeves"; "Old Man" -> nothing).
+pub fn person_name(title: &str) -> Vec<String> {
+    title_name(title)
+        .into_iter()
+        .filter(|w| !is_person_descriptor(w))
+        .collect()
+}
+
+fn is_person_descriptor(word: &str) -> bool {
+    const DESCRIPTORS: [&str; 40] = [
+        "man",
+        "men",
+        "woman",
+        "women",
+        "girl",
+        "girls",
+        "boy",
+        "boys",
+        "lady",
+        "guy",
+        "person",
+        "people",
+        "old",
+        "young",
+        "male",
+        "female",
+        "actor",
+        "actress",
+        "singer",
+        "idol",
+        "model",
+        "realistic",
+        "anime",
+        "cosplay",
+        "real",
+        "face",
+        "portrait",
+        "mix",
+        "the",
+        "a",
+        "an",
+        "of",
+        "and",
+        "in",
+        "from",
+        "famous",
+        "celeb",
+        "star",
+        "new",
+        "art",
+    ];
+    DESCRIPTORS.contains(&word)
+        || word.chars().all(|c| c.is_ascii_digit())
+        // Decades and ages: "90s", "1980s", "20yo".
+        || word
+            .trim_end_matches('s')
+            .trim_end_matches("yo")
+            .chars()
+            .all(|c| c.is_ascii_digit())
 }
 
 /// Words with which a prompt asks for some character or person without naming one.
@@ -120,7 +190,55 @@ pub fn lower_words(text: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use stylus_core::{AdapterCard, AdapterId, Category};
+
     use super::*;
+
+    fn person(title: &str, triggers: &[&str]) -> AdapterDoc {
+        let mut card = AdapterCard::new(AdapterId::Civitai(1), title, "LORA");
+        card.trigger_words = triggers.iter().map(|t| t.to_string()).collect();
+        AdapterDoc {
+            card,
+            description: String::new(),
+            recommended_weight: 0.8,
+            category: Category::Celebrity,
+            embedding_text: String::new(),
+            refiner: "test".into(),
+        }
+    }
+
+    #[test]
+    fn generic_words_never_unlock_a_named_person() {
+        let walter = person("Walter White", &["a man", "bald", "glasses"]);
+        let keanu = person("90s Keanu Reeves", &["keanu reeves", "man"]);
+        let noelle = person(
+            "Noelle Silva (Black Clover)",
+            &["noelle silva", "silver hair"],
+        );
+        let words = |p: &str| lower_words(p);
+        for prompt in [
+            "a man walking his dog in the park",
+            "a bald man with glasses",
+            "anime girl with silver hair in a forest",
+            "a white cat",
+            "a man from the 90s",
+        ] {
+            for doc in [&walter, &keanu, &noelle] {
+                assert!(
+                    !asks_for(&words(prompt), doc),
+                    "{prompt:?} asked for {}",
+                    doc.card.title
+                );
+            }
+        }
+        assert!(asks_for(&words("Walter White cooking"), &walter));
+        assert!(asks_for(&words("keanu reeves as a wizard"), &keanu));
+        assert!(asks_for(&words("noelle silva casting a spell"), &noelle));
+        assert!(asks_for(&words("a man, celebrity portrait"), &walter));
+        assert!(asks_for(&words("silver hair cosplay"), &noelle));
+        assert_eq!(person_name("90s Keanu Reeves"), ["keanu", "reeves"]);
+        assert!(person_name("Old Man").is_empty());
+    }
 
     #[test]
     fn title_names_skip_brackets_versions_and_lora_words() {
