@@ -92,15 +92,17 @@ impl CardRefiner {
 
     fn id_string(&self) -> String {
         let o = &self.options;
+        // The `/2`: the weight rules changed (digits inside words, the range cap), so documents
+        // refined by the first rules are refined again on the next index run.
         if *o == CardRefinerOptions::default() {
-            return "card".to_string();
+            return "card/2".to_string();
         }
         let text = match o.embedding_text {
             EmbeddingText::Paper => "paper",
             EmbeddingText::Rich => "rich",
         };
         format!(
-            "card:{text}:prompts={}:desc={}:n={}",
+            "card/2:{text}:prompts={}:desc={}:n={}",
             o.include_sample_prompts, o.max_description_chars, o.max_sample_prompts
         )
     }
@@ -195,13 +197,19 @@ pub fn paper_embedding_text(card: &AdapterCard, description: &str) -> String {
 
 /// The paper's weight rule: a `<lora:alias:w>` in the sample prompts overrides the card text; a
 /// weight or range the card text mentions comes next (a range gives its midpoint); else 0.8.
-/// Clamped to [`MIN_WEIGHT`, `MAX_WEIGHT`].
+/// A sample-prompt weight above the range the text recommends is capped at the range's top (a
+/// showcase image pushed to 1.5 does not beat "use 0.3-0.7"). Clamped to [`MIN_WEIGHT`,
+/// `MAX_WEIGHT`].
 pub fn recommended_weight(card: &AdapterCard) -> f32 {
     let alias = card.a1111_alias();
-    weight_from_prompts(&card.sample_prompts, &alias)
-        .or_else(|| weight_from_text(&card.description))
-        .unwrap_or(DEFAULT_WEIGHT)
-        .clamp(MIN_WEIGHT, MAX_WEIGHT)
+    let range = weight_range_from_text(&card.description);
+    match (weight_from_prompts(&card.sample_prompts, &alias), range) {
+        (Some(weight), Some((_, high))) => weight.min(high),
+        (Some(weight), None) => weight,
+        (None, Some((low, high))) => round_weight((low + high) / 2.0),
+        (None, None) => DEFAULT_WEIGHT,
+    }
+    .clamp(MIN_WEIGHT, MAX_WEIGHT)
 }
 
 static LORA_TAG: LazyLock<Regex> = LazyLock::new(|| {
@@ -240,9 +248,10 @@ pub fn weight_from_prompts(prompts: &[String], alias: &str) -> Option<f32> {
 
 static TEXT_WEIGHT: LazyLock<Regex> = LazyLock::new(|| {
     // A weight keyword, a short gap without digits, then a number or a range. "recommend" must be
-    // followed almost directly by the number: "recommended 30 steps" is not a weight.
+    // followed almost directly by the number: "recommended 30 steps" is not a weight. The gap
+    // ends outside a word, so the "2" of "weight for txt2img" is no weight.
     Regex::new(concat!(
-        r"(?i)(?:(?:weight|strength|multiplier|权重|强度)[^\d\n.\-]{0,30}?",
+        r"(?i)(?:(?:weight|strength|multiplier|权重|强度)(?:[^\d\n.\-]{0,29}[^\w\n.\-])?",
         r"|recommend(?:ed)?[:\s]{0,3})",
         r"(-?\d*\.?\d+)(?:\s*(?:-|~|～|–|to)\s*(-?\d*\.?\d+))?"
     ))
@@ -253,16 +262,23 @@ static TEXT_WEIGHT: LazyLock<Regex> = LazyLock::new(|| {
 /// outside (0, 2] are not LoRA weights (steps, CFG, versions) and are ignored, as are ranges whose
 /// midpoint is not positive.
 pub fn weight_from_text(text: &str) -> Option<f32> {
+    weight_range_from_text(text).map(|(low, high)| round_weight((low + high) / 2.0))
+}
+
+/// The weight range the card text mentions, `(low, high)`; a single weight is `(w, w)`. Same
+/// rules as [`weight_from_text`].
+pub fn weight_range_from_text(text: &str) -> Option<(f32, f32)> {
     TEXT_WEIGHT.captures_iter(text).find_map(|c| {
         let low: f32 = c[1].parse().ok()?;
-        let weight = match c.get(2).and_then(|m| m.as_str().parse::<f32>().ok()) {
+        let (low, high) = match c.get(2).and_then(|m| m.as_str().parse::<f32>().ok()) {
             Some(high) if (-2.0..=2.0).contains(&high) && (-2.0..=2.0).contains(&low) => {
-                (low + high) / 2.0
+                (low.min(high), low.max(high))
             }
             Some(_) => return None,
-            None => low,
+            None => (low, low),
         };
-        (weight > 0.0 && weight <= 2.0).then_some(round_weight(weight))
+        let mid = (low + high) / 2.0;
+        (mid > 0.0 && mid <= 2.0).then_some((low, high))
     })
 }
 
@@ -485,8 +501,14 @@ mod tests {
         let mut c = card();
         c.description = "Use weight 0.6-0.8.".into();
         assert!((recommended_weight(&c) - 0.7).abs() < 1e-6);
-        c.sample_prompts = vec!["a cat, <lora:other:0.3>, <lora:ADD_DETAIL:1.2>".into()];
+        c.sample_prompts = vec!["a cat, <lora:other:0.3>, <lora:ADD_DETAIL:0.65>".into()];
+        assert!((recommended_weight(&c) - 0.65).abs() < 1e-6);
+        // A showcase weight above the range the text recommends is capped at its top.
+        c.sample_prompts = vec!["a cat, <lora:ADD_DETAIL:1.2>".into()];
+        assert!((recommended_weight(&c) - 0.8).abs() < 1e-6);
+        c.description = String::new();
         assert!((recommended_weight(&c) - 1.2).abs() < 1e-6);
+        c.description = "Use weight 0.6-0.8.".into();
         // Two different tags, none the alias: ambiguous, the text decides.
         c.sample_prompts = vec!["<lora:a:0.3> <lora:b:0.5>".into()];
         assert!((recommended_weight(&c) - 0.7).abs() < 1e-6);
@@ -515,6 +537,12 @@ mod tests {
         assert_eq!(weight_from_text("weight up/down to 2/-2"), Some(2.0));
         assert_eq!(weight_from_text("weight -2 to 2"), None);
         assert_eq!(weight_from_text("trained 10 epochs"), None);
+        // A digit inside a word is no weight; the real range further on is found.
+        assert_eq!(
+            weight_from_text("LORA weight for txt2img: reccomended 0.3-0.7. weight 0.5"),
+            Some(0.5)
+        );
+        assert_eq!(weight_from_text("LORA weight for txt2img: 0.3-0.7"), None);
         assert_eq!(recommended_weight(&card()), DEFAULT_WEIGHT);
         let mut c = card();
         c.sample_prompts = vec!["<lora:add_detail:-1>".into()];
@@ -554,7 +582,7 @@ mod tests {
         c.description = "Line one\nline two".into();
         c.sample_prompts = vec!["a girl, <lora:add_detail:1>".into()];
         let doc = CardRefiner::default().refine_card(&c);
-        assert_eq!(doc.refiner, "card");
+        assert_eq!(doc.refiner, "card/2");
         assert_eq!(
             doc.description,
             "Detail Tweaker\nTags: detailed.\nTrigger words: trig.\nLine one line two\nExample prompts: a girl,"
@@ -575,7 +603,7 @@ mod tests {
             doc.recommended_weight, 1.0,
             "the weight rule still reads the prompts"
         );
-        assert_ne!(doc.refiner, "card");
+        assert_ne!(doc.refiner, "card/2");
 
         let paper = CardRefiner::new(CardRefinerOptions {
             embedding_text: EmbeddingText::Paper,
