@@ -19,5 +19,5 @@ pub use local::{DEFAULT_MIN_SCORE, LocalComposer};
 pub use masker::{MAX_ENUMERATED_MASKS, StrategyMasker};
 pub use segment::{Segment, SegmentKind, segment};
 pub use segmentation_eval::{
-    Prf, ReferenceRow, SegmentationReport, evaluate_segmentation, read_parti_csv,
+    Prf, ReferenceRow, ReferenceTopic, SegmentationReport, evaluate_segmentation, read_parti_csv,
 };

@@ -246,6 +246,10 @@ impl Composer for LocalComposer {
         };
         Ok(self.assign(prompt, segments, candidates, similarity.as_ref()))
     }
+
+    fn topic_queries(&self, prompt: &str) -> Vec<String> {
+        segment(prompt).into_iter().map(|s| s.text).collect()
+    }
 }
 
 /// An embedder and the vectors of the candidates it has seen.

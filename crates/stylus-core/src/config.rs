@@ -80,6 +80,12 @@ pub struct RetrieverConfig {
     pub top_k: usize,
     /// Which ranking picks the candidates (default: auto, see [`RetrievalMode`]).
     pub mode: RetrievalMode,
+    /// Candidates retrieved for each of the composer's topics
+    /// ([`crate::Composer::topic_queries`]) and fused with the whole prompt's ranking; 0 searches
+    /// with the whole prompt only.
+    pub topic_k: usize,
+    /// Weight of each topic's ranking in that fusion (the whole prompt's has weight 1).
+    pub topic_weight: f32,
     pub hnsw: HnswConfig,
 }
 
@@ -88,6 +94,8 @@ impl Default for RetrieverConfig {
         Self {
             top_k: 150,
             mode: RetrievalMode::Auto,
+            topic_k: 30,
+            topic_weight: 1.0,
             hnsw: HnswConfig::default(),
         }
     }

@@ -1,13 +1,21 @@
 //! `Stylus`: the pipeline that wires the stages together.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::{
-    AdapterLocator, Candidate, Composer, Embedder, GeneratedImage, GenerationRequest, Masker,
-    Merger, Query, ResolvedAdapter, Result, RetrievalFilter, Retriever, SampleJob, Sampler,
-    SelectionPlan, StylusConfig, StylusError, Timings, WeightedAdapter,
+    AdapterDoc, AdapterId, AdapterLocator, Candidate, Composer, Embedder, GeneratedImage,
+    GenerationRequest, Masker, Merger, Query, ResolvedAdapter, Result, RetrievalFilter, Retriever,
+    SampleJob, Sampler, SelectionPlan, StylusConfig, StylusError, Timings, WeightedAdapter,
+    reciprocal_rank_fusion,
 };
+
+/// At most this many topics are searched on their own (a long prompt's later topics ride on the
+/// whole prompt's ranking).
+const MAX_TOPIC_QUERIES: usize = 8;
+/// The RRF constant of the prompt/topic fusion (the usual 60).
+const RRF_K: f32 = 60.0;
 
 /// Options of one selection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,14 +58,71 @@ impl Stylus {
         &self.config
     }
 
-    /// Embeds the prompt and returns the top-K candidates (the configured K).
+    /// The top-K candidates for `prompt` (the configured K): the whole prompt's ranking fused
+    /// with one ranking per composer topic (see [`RetrieverConfig::topic_k`]).
+    ///
+    /// [`RetrieverConfig::topic_k`]: crate::RetrieverConfig::topic_k
     pub async fn retrieve(&self, prompt: &str) -> Result<Vec<Candidate>> {
-        let query = self.embed_prompt(prompt).await?;
-        self.retriever.retrieve(
-            Query::new(prompt, &query),
-            self.config.retriever.top_k,
-            &self.filter,
-        )
+        Ok(self.retrieve_timed(prompt).await?.0)
+    }
+
+    /// [`Stylus::retrieve`] and the milliseconds spent embedding.
+    async fn retrieve_timed(&self, prompt: &str) -> Result<(Vec<Candidate>, f64)> {
+        let config = &self.config.retriever;
+        let mut topics: Vec<String> = Vec::new();
+        if config.topic_k > 0 {
+            let whole = prompt.trim().to_lowercase();
+            for topic in self.composer.topic_queries(prompt) {
+                let key = topic.trim().to_lowercase();
+                if !key.is_empty()
+                    && key != whole
+                    && topics.len() < MAX_TOPIC_QUERIES
+                    && !topics.iter().any(|t| t.to_lowercase() == key)
+                {
+                    topics.push(topic);
+                }
+            }
+        }
+        let mut texts = Vec::with_capacity(1 + topics.len());
+        texts.push(prompt.to_string());
+        texts.extend(topics.iter().cloned());
+        let t0 = Instant::now();
+        let vectors = self.embed_texts(&texts).await?;
+        let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let whole =
+            self.retriever
+                .retrieve(Query::new(prompt, &vectors[0]), config.top_k, &self.filter)?;
+        if topics.is_empty() {
+            return Ok((whole, embed_ms));
+        }
+        let queries: Vec<Query<'_>> = topics
+            .iter()
+            .zip(&vectors[1..])
+            .map(|(text, vector)| Query::new(text, vector))
+            .collect();
+        let per_topic = self
+            .retriever
+            .retrieve_batch(&queries, config.topic_k, &self.filter)?;
+        let docs = |c: &[Candidate]| c.iter().map(|c| Arc::clone(&c.doc)).collect::<Vec<_>>();
+        let whole_docs = docs(&whole);
+        let topic_docs: Vec<Vec<Arc<AdapterDoc>>> = per_topic.iter().map(|c| docs(c)).collect();
+        let mut rankings: Vec<(&[Arc<AdapterDoc>], f32)> = vec![(&whole_docs, 1.0)];
+        rankings.extend(
+            topic_docs
+                .iter()
+                .map(|d| (d.as_slice(), config.topic_weight)),
+        );
+        let mut fused = reciprocal_rank_fusion(&rankings, RRF_K, config.top_k);
+        // The candidates keep the retriever's score of the whole prompt (what composers that
+        // break ties by retrieval similarity expect); topic-only finds keep their topic score.
+        let mut scores: HashMap<&AdapterId, f32> = HashMap::new();
+        for c in per_topic.iter().flatten().chain(&whole) {
+            scores.insert(c.doc.id(), c.score);
+        }
+        for c in &mut fused {
+            c.score = scores.get(c.doc.id()).copied().unwrap_or(0.0);
+        }
+        Ok((fused, embed_ms))
     }
 
     /// Selects adapters for `prompt` and lists every mask of the configured strategy.
@@ -70,14 +135,8 @@ impl Stylus {
         if prompt.trim().is_empty() {
             return Err(StylusError::InvalidArgument("the prompt is empty".into()));
         }
-        let t0 = Instant::now();
-        let query = self.embed_prompt(prompt).await?;
         let t1 = Instant::now();
-        let candidates = self.retriever.retrieve(
-            Query::new(prompt, &query),
-            self.config.retriever.top_k,
-            &self.filter,
-        )?;
+        let (candidates, embed_ms) = self.retrieve_timed(prompt).await?;
         let t2 = Instant::now();
         let composition = self.composer.compose(prompt, &candidates).await?;
         let t3 = Instant::now();
@@ -97,8 +156,8 @@ impl Stylus {
             a1111_prompt,
             candidates: candidates.len(),
             timings_ms: Timings {
-                embed: ms(t0, t1),
-                retrieve: ms(t1, t2),
+                embed: embed_ms,
+                retrieve: ms(t1, t2) - embed_ms,
                 compose: ms(t2, t3),
             },
         })
@@ -181,21 +240,28 @@ impl Stylus {
         Ok(images)
     }
 
-    async fn embed_prompt(&self, prompt: &str) -> Result<Vec<f32>> {
-        let mut vectors = self.embedder.embed(&[prompt.to_string()]).await?;
-        let query = vectors.pop().ok_or_else(|| StylusError::ModelReply {
-            service: self.embedder.id(),
-            attempts: 1,
-            message: "no vector returned for the prompt".into(),
-        })?;
-        if query.len() != self.retriever.dim() {
+    /// One query vector per text, checked against the index's dimension.
+    async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let vectors = self.embedder.embed(texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(StylusError::ModelReply {
+                service: self.embedder.id(),
+                attempts: 1,
+                message: format!(
+                    "{} vectors returned for {} texts",
+                    vectors.len(),
+                    texts.len()
+                ),
+            });
+        }
+        if let Some(query) = vectors.iter().find(|v| v.len() != self.retriever.dim()) {
             return Err(StylusError::Dimension {
                 what: format!("the index (embedder {})", self.embedder.id()),
                 expected: self.retriever.dim(),
                 got: query.len(),
             });
         }
-        Ok(query)
+        Ok(vectors)
     }
 
     fn resolve_all(

@@ -1,7 +1,7 @@
 //! What flows between retriever, composer and masker: candidates, topics, compositions, masks and
 //! weighted adapters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,37 @@ pub struct Candidate {
     pub doc: Arc<AdapterDoc>,
     /// Higher is better (cosine similarity for dense retrievers).
     pub score: f32,
+}
+
+/// Fuses rankings (best first, each with its weight) into the `k` best documents by reciprocal
+/// rank fusion: a document's score is `sum over rankings of weight / (rrf_k + rank)`, rank counted
+/// from 1, so rankings on different score scales need no calibration. Equal scores keep the order
+/// of first appearance.
+pub fn reciprocal_rank_fusion(
+    rankings: &[(&[Arc<AdapterDoc>], f32)],
+    rrf_k: f32,
+    k: usize,
+) -> Vec<Candidate> {
+    let mut fused: HashMap<&AdapterId, (usize, f32, &Arc<AdapterDoc>)> = HashMap::new();
+    let mut order = 0;
+    for (ranking, weight) in rankings {
+        for (rank, doc) in ranking.iter().enumerate() {
+            let entry = fused.entry(doc.id()).or_insert_with(|| {
+                order += 1;
+                (order, 0.0, doc)
+            });
+            entry.1 += weight / (rrf_k + rank as f32 + 1.0);
+        }
+    }
+    let mut out: Vec<(usize, f32, &Arc<AdapterDoc>)> = fused.into_values().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.into_iter()
+        .take(k)
+        .map(|(_, score, doc)| Candidate {
+            doc: Arc::clone(doc),
+            score,
+        })
+        .collect()
 }
 
 /// What a retriever searches with: the prompt's text and its embedding. Dense retrievers read the

@@ -64,6 +64,14 @@ pub trait Retriever: Send + Sync {
 #[async_trait]
 pub trait Composer: Send + Sync {
     async fn compose(&self, prompt: &str, candidates: &[Candidate]) -> Result<Composition>;
+
+    /// The topics this composer expects to cut `prompt` into, known before retrieval. The
+    /// pipeline searches each of them too (`retriever.topic_k`), so a keyword that the whole
+    /// prompt drowns out ("dog" in "a man walking his dog in the park") still has candidates.
+    /// The default, no topics, searches with the whole prompt only.
+    fn topic_queries(&self, _prompt: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Builds the masks (adapter subsets) of a composition.

@@ -4,12 +4,12 @@
 //! scales): a document's fused score is `sum over rankings of weight / (rrf_k + rank)`, rank
 //! counted from 1. A document missing from one ranking just gets nothing from it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+pub use stylus_core::reciprocal_rank_fusion;
 use stylus_core::{
-    AdapterDoc, AdapterId, Candidate, Query, Result, RetrievalFilter, RetrievalMode, Retriever,
+    AdapterDoc, Candidate, Query, Result, RetrievalFilter, RetrievalMode, Retriever,
 };
 
 use crate::exact::check_k;
@@ -37,35 +37,6 @@ impl Default for FusionConfig {
             depth: 300,
         }
     }
-}
-
-/// Fuses rankings (best first, each with its weight) into the `k` best documents by RRF score;
-/// equal scores keep the order of first appearance.
-pub fn reciprocal_rank_fusion(
-    rankings: &[(&[Arc<AdapterDoc>], f32)],
-    rrf_k: f32,
-    k: usize,
-) -> Vec<Candidate> {
-    let mut fused: HashMap<&AdapterId, (usize, f32, &Arc<AdapterDoc>)> = HashMap::new();
-    let mut order = 0;
-    for (ranking, weight) in rankings {
-        for (rank, doc) in ranking.iter().enumerate() {
-            let entry = fused.entry(doc.id()).or_insert_with(|| {
-                order += 1;
-                (order, 0.0, doc)
-            });
-            entry.1 += weight / (rrf_k + rank as f32 + 1.0);
-        }
-    }
-    let mut out: Vec<(usize, f32, &Arc<AdapterDoc>)> = fused.into_values().collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    out.into_iter()
-        .take(k)
-        .map(|(_, score, doc)| Candidate {
-            doc: Arc::clone(doc),
-            score,
-        })
-        .collect()
 }
 
 /// A dense retriever and a lexical index over the same documents, fused.
@@ -175,6 +146,7 @@ mod tests {
     use super::*;
     use crate::ExactRetriever;
     use crate::synthetic::{ClusteredVectors, docs};
+    use stylus_core::AdapterId;
 
     /// 40 synthetic docs (tag `tag{i % 5}`) behind an exact dense retriever, fused with BM25.
     fn retrievers() -> (Arc<dyn Retriever>, LexicalIndex, Vec<f32>) {
