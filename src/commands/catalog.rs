@@ -17,10 +17,11 @@ use stylus_refiner::store::StylusDocs;
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
-/// An embedder and the retriever over the vectors it made.
+/// An embedder, the retriever over the vectors it made, and the documents it searches.
 pub(crate) struct Catalog {
     pub embedder: Arc<dyn Embedder>,
     pub retriever: Arc<dyn Retriever>,
+    pub docs: Vec<Arc<AdapterDoc>>,
 }
 
 /// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
@@ -46,10 +47,11 @@ pub(crate) fn open(
             (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>, true)
         }
     };
-    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs, lexical);
+    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs.clone(), lexical);
     Ok(Catalog {
         embedder,
         retriever,
+        docs,
     })
 }
 

@@ -7,6 +7,7 @@ use stylus_core::{StylusConfig, StylusError};
 
 mod retrieval;
 mod segmentation;
+mod selection;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,6 +21,25 @@ pub enum Eval {
     Retrieval(RetrievalArgs),
     /// Compare our topics with the reference composer's topics (Parti prompts).
     Segmentation(SegmentationArgs),
+    /// Compare our retrieval and selection with the reference composer's picks (Parti prompts),
+    /// with the baselines in the same run.
+    Selection(SelectionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SelectionArgs {
+    /// parti_prompts.csv with the reference `ranked_adapters` column.
+    #[arg(long, value_name = "FILE")]
+    pub parti: PathBuf,
+    /// The StylusDocs store to select from (e.g. `stylus index --civitai ../shared/data/civitai`).
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write one JSON line per comparable prompt (reference, our topics and picks, ranks).
+    #[arg(long, value_name = "FILE")]
+    pub details: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,5 +69,6 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     match args.what {
         Eval::Retrieval(args) => retrieval::run(&args, config),
         Eval::Segmentation(args) => segmentation::run(&args),
+        Eval::Selection(args) => selection::run(&args, config),
     }
 }

@@ -22,7 +22,14 @@ pub struct ReferenceRow {
     pub line: usize,
     pub prompt: String,
     /// The reference topics; `None` when the cell is empty (no reference output).
-    pub topics: Option<Vec<String>>,
+    pub topics: Option<Vec<ReferenceTopic>>,
+}
+
+/// A topic the reference composer cut from a prompt, with the Civitai model ids it assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceTopic {
+    pub text: String,
+    pub adapters: Vec<u64>,
 }
 
 /// Precision, recall and F1 with their counts.
@@ -38,7 +45,7 @@ pub struct Prf {
 }
 
 impl Prf {
-    fn from_counts(matched: usize, predicted: usize, reference: usize) -> Self {
+    pub fn from_counts(matched: usize, predicted: usize, reference: usize) -> Self {
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let precision = ratio(matched, predicted);
         let recall = ratio(matched, reference);
@@ -111,7 +118,7 @@ pub fn parse_parti_csv(text: &str, path: &Path) -> Result<Vec<ReferenceRow>> {
         let topics = if cell.trim().is_empty() {
             None
         } else {
-            Some(parse_dict_keys(cell).map_err(|m| err(*line, format!("ranked_adapters: {m}")))?)
+            Some(parse_dict(cell).map_err(|m| err(*line, format!("ranked_adapters: {m}")))?)
         };
         rows.push(ReferenceRow {
             line: *line,
@@ -151,7 +158,7 @@ pub fn evaluate_segmentation(
         report.rows += 1;
         let predicted = segmenter(&row.prompt);
 
-        let mut remaining: Vec<String> = reference.iter().map(|t| normalize(t)).collect();
+        let mut remaining: Vec<String> = reference.iter().map(|t| normalize(&t.text)).collect();
         for topic in &predicted {
             if let Some(pos) = remaining.iter().position(|r| *r == normalize(topic)) {
                 remaining.swap_remove(pos);
@@ -161,7 +168,8 @@ pub fn evaluate_segmentation(
         t_pred += predicted.len();
         t_ref += reference.len();
 
-        let ref_words = word_set(reference);
+        let reference_texts: Vec<String> = reference.iter().map(|t| t.text.clone()).collect();
+        let ref_words = word_set(&reference_texts);
         let pred_words = word_set(&predicted);
         for word in words(&row.prompt) {
             let (r, p) = (ref_words.contains(&word), pred_words.contains(&word));
@@ -272,25 +280,26 @@ fn parse_csv(text: &str) -> std::result::Result<Vec<CsvRecord>, (usize, String)>
     Ok(records)
 }
 
-/// The keys of a Python dict literal whose keys are strings and values lists of integers:
+/// A Python dict literal whose keys are strings and values lists of integers:
 /// `{'a man': [1, 2], "cat's toy": []}`.
-fn parse_dict_keys(cell: &str) -> std::result::Result<Vec<String>, String> {
+fn parse_dict(cell: &str) -> std::result::Result<Vec<ReferenceTopic>, String> {
     let mut p = PyLiteral {
         chars: cell.trim().chars().collect(),
         pos: 0,
     };
     p.expect('{')?;
-    let mut keys = Vec::new();
+    let mut topics = Vec::new();
     loop {
         p.skip_ws();
         if p.eat('}') {
             break;
         }
-        keys.push(p.string()?);
+        let text = p.string()?;
         p.skip_ws();
         p.expect(':')?;
         p.skip_ws();
-        p.int_list()?;
+        let adapters = p.int_list()?;
+        topics.push(ReferenceTopic { text, adapters });
         p.skip_ws();
         if p.eat(',') {
             continue;
@@ -302,7 +311,7 @@ fn parse_dict_keys(cell: &str) -> std::result::Result<Vec<String>, String> {
     if p.pos != p.chars.len() {
         return Err(format!("trailing text at character {}", p.pos));
     }
-    Ok(keys)
+    Ok(topics)
 }
 
 struct PyLiteral {
@@ -371,24 +380,28 @@ impl PyLiteral {
         }
     }
 
-    fn int_list(&mut self) -> std::result::Result<(), String> {
+    fn int_list(&mut self) -> std::result::Result<Vec<u64>, String> {
         self.expect('[')?;
+        let mut values = Vec::new();
         loop {
             self.skip_ws();
             if self.eat(']') {
-                return Ok(());
+                return Ok(values);
             }
             let start = self.pos;
             while self.chars.get(self.pos).is_some_and(char::is_ascii_digit) {
                 self.pos += 1;
             }
-            if start == self.pos {
-                return Err(format!("expected an integer at character {}", self.pos));
-            }
+            let digits: String = self.chars[start..self.pos].iter().collect();
+            let value = digits
+                .parse::<u64>()
+                .map_err(|_| format!("expected an integer at character {start}"))?;
+            values.push(value);
             self.skip_ws();
             if !self.eat(',') {
                 self.skip_ws();
-                return self.expect(']');
+                self.expect(']')?;
+                return Ok(values);
             }
         }
     }
@@ -407,17 +420,21 @@ mod tests {
     fn parses_csv_quotes_and_python_dicts() {
         let rows = parse_parti_csv(CSV, Path::new("p.csv")).unwrap();
         assert_eq!(rows.len(), 3);
+        let topic = |text: &str, adapters: &[u64]| ReferenceTopic {
+            text: text.into(),
+            adapters: adapters.to_vec(),
+        };
         assert_eq!(
             rows[0].topics.as_deref(),
-            Some(&["man".to_string(), "horse".to_string()][..])
+            Some(&[topic("man", &[1, 2]), topic("horse", &[3])][..])
         );
         assert_eq!(rows[1].prompt, "a cat, \"quoted\"");
         assert_eq!(rows[1].topics, Some(vec![]));
         assert_eq!(rows[2].topics, None);
         assert_eq!(rows[2].line, 4);
         assert_eq!(
-            parse_dict_keys(r#"{"cat's toy": [], 'a\'b': [7]}"#).unwrap(),
-            ["cat's toy", "a'b"]
+            parse_dict(r#"{"cat's toy": [], 'a\'b': [7]}"#).unwrap(),
+            [topic("cat's toy", &[]), topic("a'b", &[7])]
         );
     }
 
