@@ -386,9 +386,7 @@ fn is_action(w: &str) -> bool {
     let Some(stem) = w.strip_suffix("ing") else {
         return false;
     };
-    let b = stem.as_bytes();
-    let undoubled =
-        (b.len() > 2 && b[b.len() - 1] == b[b.len() - 2]).then(|| &stem[..stem.len() - 1]);
+    let undoubled = undouble(stem);
     let with_e = format!("{stem}e");
     let unlied =
         (stem == "ly" || stem.ends_with("y")).then(|| format!("{}ie", &stem[..stem.len() - 1]));
@@ -401,6 +399,15 @@ fn is_action(w: &str) -> bool {
     .into_iter()
     .flatten()
     .any(|lemma| ACTIONS.contains(&lemma))
+}
+
+/// A stem that ends in a doubled letter without its last one ("swimm" -> "swim"). Works on
+/// characters, not bytes: prompt words are any script ("丸丸ed").
+fn undouble(stem: &str) -> Option<&str> {
+    let mut chars = stem.char_indices().rev();
+    let (last_at, last) = chars.next()?;
+    let (_, before) = chars.next()?;
+    (chars.next().is_some() && last == before).then(|| &stem[..last_at])
 }
 
 /// Candidate lemma of an `-s` / `-es` / `-ed` / irregular past form.
@@ -422,13 +429,9 @@ fn verb_lemma(w: &str) -> Option<String> {
                 return Some(lemma);
             }
             // Doubled consonant: "wrapped" -> "wrap".
-            if suffix == "ed" && replacement.is_empty() && stem.len() > 2 {
-                let b = stem.as_bytes();
-                if b[b.len() - 1] == b[b.len() - 2] {
-                    let lemma = stem[..stem.len() - 1].to_string();
-                    if VERBS.contains(&lemma.as_str()) {
-                        return Some(lemma);
-                    }
+            if suffix == "ed" && replacement.is_empty() {
+                if let Some(lemma) = undouble(stem).filter(|lemma| VERBS.contains(lemma)) {
+                    return Some(lemma.to_string());
                 }
             }
         }
@@ -1294,5 +1297,24 @@ mod tests {
         );
         assert!(segment("").is_empty());
         assert!(segment("  , . ").is_empty());
+    }
+
+    #[test]
+    fn verb_forms_of_words_in_any_script_do_not_split_a_character() {
+        for prompt in [
+            "丸丸ed",
+            "ッッing",
+            "a 丸ed cat",
+            "ッing in the rain",
+            "éé",
+            "ééing ééed",
+        ] {
+            for s in segment(prompt) {
+                assert_eq!(&prompt[s.start..s.end], s.text);
+            }
+        }
+        assert_eq!(undouble("丸丸丸"), Some("丸丸"));
+        assert_eq!(undouble("swimm"), Some("swim"));
+        assert_eq!(undouble("丸丸"), None);
     }
 }
