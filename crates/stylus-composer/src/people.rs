@@ -12,9 +12,10 @@ pub fn is_person(doc: &AdapterDoc) -> bool {
 /// True when the prompt (its lower-cased words, in order) asks for this character or person: it
 /// uses a word like "character" or "celebrity", or it names them. Naming means the person's name
 /// (the name in the title, [`title_name`], without descriptors like "man", "girl" or "90s")
-/// appears as a run of prompt words, or a trigger word that carries a word of that name does
-/// ("miku_outfit" for Hatsune Miku). Generic trigger words ("a man", "silver hair") never name
-/// anyone: a prompt about a man does not ask for Walter White.
+/// appears as a run of prompt words, or a trigger word that names them does (it holds the whole
+/// name, or is a `_`-joined token made from a word of it: "miku_outfit" for Hatsune Miku).
+/// Generic trigger words ("a man", "silver hair", "robot") never name anyone: a prompt about a man
+/// does not ask for Walter White.
 pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
     if prompt_words
         .iter()
@@ -30,11 +31,17 @@ pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
         !run.is_empty() && haystack.windows(run.len()).any(|window| window == run)
     };
     contains_run(prompt_words, &name)
-        || doc.card.trigger_words.iter().any(|trigger| {
-            let trigger = lower_words(trigger);
-            // A trigger names the person when it carries a word of the name ("miku_outfit" for
-            // Hatsune Miku); a descriptive trigger ("silver hair") does not.
-            trigger.iter().any(|w| name.contains(w)) && contains_run(prompt_words, &trigger)
+        || doc.card.trigger_words.iter().any(|raw| {
+            let trigger = lower_words(raw);
+            // A trigger names the person when it holds the whole name, or is one token made
+            // for them from a word of it ("miku_outfit" for Hatsune Miku). A descriptive trigger
+            // ("silver hair") or a common word that happens to be in the name ("robot" for
+            // "Atomic Heart Robot Maid") does not.
+            let names = name.iter().all(|w| trigger.contains(w))
+                || (raw.contains('_')
+                    && !raw.trim().contains(' ')
+                    && trigger.iter().any(|w| name.contains(w)));
+            names && contains_run(prompt_words, &trigger)
         })
 }
 
@@ -215,7 +222,10 @@ mod tests {
             "Noelle Silva (Black Clover)",
             &["noelle silva", "silver hair"],
         );
+        let maid = person("Atomic Heart robot maid", &["robot", "robot_maid"]);
         let words = |p: &str| lower_words(p);
+        assert!(!asks_for(&words("a white robot"), &maid));
+        assert!(asks_for(&words("robot_maid serving tea"), &maid));
         for prompt in [
             "a man walking his dog in the park",
             "a bald man with glasses",
