@@ -63,6 +63,9 @@ pub struct SegmentationArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write one JSON line per scored prompt: the prompt, the reference topics and ours.
+    #[arg(long, value_name = "FILE")]
+    pub details: Option<PathBuf>,
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::{
     AdapterCard, AdapterDoc, Candidate, Query, RetrievalFilter, Retriever, StylusConfig,
     StylusError, strip_lora_tags,
 };
+use stylus_core::{MaskStrategy, Stylus};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::card_refiner::{CardRefiner, CardRefinerOptions, EmbeddingText};
 use stylus_refiner::civitai::read_civitai_paths;
@@ -23,7 +25,8 @@ use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_retriever::eval::{EvalCase, RankingMetrics};
 use stylus_retriever::hybrid::reciprocal_rank_fusion;
 use stylus_retriever::{
-    ExactRetriever, FusionConfig, Hit, HnswRetriever, LexicalConfig, LexicalIndex, VectorMatrix,
+    ExactRetriever, FusionConfig, Hit, HnswRetriever, HybridRetriever, LexicalConfig, LexicalIndex,
+    VectorMatrix,
 };
 
 use super::RetrievalArgs;
@@ -138,6 +141,25 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
         if docs == &rich_docs {
             let hybrid = fuse(&rankings, &bm25_rankings, FusionConfig::default());
             configs.push(score("hybrid tfidf rich + bm25", &cases, &hybrid));
+            // What `Stylus::retrieve` does on a default (lexical) store: BM25 of the whole prompt
+            // and of each topic, fused, then the composer's rerank.
+            let pipeline = Stylus::builder()
+                .config(config.clone())
+                .embedder(Arc::new(embedder))
+                .retriever(Arc::new(HybridRetriever::bm25_only(
+                    dense.clone(),
+                    LexicalIndex::build(rich_docs.clone(), LexicalConfig::default()),
+                )))
+                .composer(Arc::new(LocalComposer::new(config.composer.clone())))
+                .masker(Arc::new(StrategyMasker::new(MaskStrategy::All)))
+                .filter(all.clone())
+                .build()?;
+            let runtime = crate::commands::runtime()?;
+            let rankings = queries
+                .iter()
+                .map(|q| runtime.block_on(pipeline.retrieve(q)))
+                .collect::<Result<Vec<_>, _>>()?;
+            configs.push(score("pipeline: bm25 + topics + rerank", &cases, &rankings));
         }
     }
 

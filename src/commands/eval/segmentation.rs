@@ -1,17 +1,25 @@
 //! `stylus eval segmentation`: our topics (the local composer's segmentation) against the
 //! reference Stylus composer's topics on PartiPrompts.
 
+use std::io::Write;
+use std::path::Path;
 use stylus_composer::segmentation_eval::{content_words_baseline, whole_prompt_baseline};
-use stylus_composer::{SegmentationReport, evaluate_segmentation, read_parti_csv, segment};
+
+use stylus_composer::{
+    ReferenceRow, SegmentationReport, evaluate_segmentation, read_parti_csv, segment,
+};
 use stylus_core::StylusError;
 
 use super::SegmentationArgs;
 
 pub fn run(args: &SegmentationArgs) -> Result<(), StylusError> {
     let rows = read_parti_csv(&args.parti)?;
-    let report = evaluate_segmentation(&rows, |prompt| {
-        segment(prompt).into_iter().map(|s| s.text).collect()
-    });
+    let ours =
+        |prompt: &str| -> Vec<String> { segment(prompt).into_iter().map(|s| s.text).collect() };
+    let report = evaluate_segmentation(&rows, ours);
+    if let Some(path) = &args.details {
+        write_details(path, &rows, ours)?;
+    }
     let baselines = [
         (
             "whole_prompt",
@@ -55,4 +63,26 @@ fn print_scores(name: &str, report: &SegmentationReport) {
             prf.precision, prf.recall, prf.f1, prf.matched, prf.predicted, prf.reference
         );
     }
+}
+
+/// One JSON line per prompt with reference topics: `{"prompt", "reference", "ours"}`.
+fn write_details(
+    path: &Path,
+    rows: &[ReferenceRow],
+    segmenter: impl Fn(&str) -> Vec<String>,
+) -> Result<(), StylusError> {
+    let io = |e| StylusError::io(path, e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    for row in rows {
+        let Some(reference) = row.topics.as_ref().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let line = serde_json::json!({
+            "prompt": row.prompt,
+            "reference": reference.iter().map(|t| &t.text).collect::<Vec<_>>(),
+            "ours": segmenter(&row.prompt),
+        });
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    out.flush().map_err(io)
 }

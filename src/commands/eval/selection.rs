@@ -68,9 +68,14 @@ struct Detail<'a> {
     prompt: &'a str,
     reference: Vec<(String, Vec<u64>)>,
     topics: Vec<(String, Vec<(u64, String)>)>,
+    /// Our first candidates (Civitai ids), best first.
+    candidates: Vec<u64>,
     /// Rank (0-based) of each comparable reference pick in our candidates, if there.
     ranks: Vec<(u64, Option<usize>)>,
 }
+
+/// How many of our candidates a `--details` line lists.
+const DETAIL_CANDIDATES: usize = 30;
 
 pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusError> {
     let started = Instant::now();
@@ -164,6 +169,7 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
                         (t.text.clone(), adapters)
                     })
                     .collect(),
+                candidates: ranked.iter().take(DETAIL_CANDIDATES).copied().collect(),
                 ranks: picks
                     .iter()
                     .map(|p| (*p, ranked.iter().position(|r| r == p)))
