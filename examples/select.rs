@@ -29,7 +29,7 @@ async fn main() -> Result<(), StylusError> {
     let dense = ExactRetriever::new(docs.clone(), VectorMatrix::new(dim, catalog.vectors)?)?;
     let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
 
-    // 2. The pipeline with the paper's defaults (top-150, <= 3 adapters per topic, ...); the
+    // 2. The pipeline with the defaults (top-150, <= 2 adapters per prompt, ...); the
     //    default retrieval mode fuses the dense ranking with BM25 over the same documents.
     let config = StylusConfig::default();
     let retriever = hybrid::with_mode(config.retriever.mode, Arc::new(dense), docs, true);

@@ -59,7 +59,8 @@ impl Stylus {
     }
 
     /// The top-K candidates for `prompt` (the configured K): the whole prompt's ranking fused
-    /// with one ranking per composer topic (see [`RetrieverConfig::topic_k`]).
+    /// with one ranking per composer topic (see [`RetrieverConfig::topic_k`]), then reranked by
+    /// the composer ([`Composer::rerank`]).
     ///
     /// [`RetrieverConfig::topic_k`]: crate::RetrieverConfig::topic_k
     pub async fn retrieve(&self, prompt: &str) -> Result<Vec<Candidate>> {
@@ -93,7 +94,7 @@ impl Stylus {
             self.retriever
                 .retrieve(Query::new(prompt, &vectors[0]), config.top_k, &self.filter)?;
         if topics.is_empty() {
-            return Ok((whole, embed_ms));
+            return Ok((self.composer.rerank(prompt, whole), embed_ms));
         }
         let queries: Vec<Query<'_>> = topics
             .iter()
@@ -122,7 +123,7 @@ impl Stylus {
         for c in &mut fused {
             c.score = scores.get(c.doc.id()).copied().unwrap_or(0.0);
         }
-        Ok((fused, embed_ms))
+        Ok((self.composer.rerank(prompt, fused), embed_ms))
     }
 
     /// Selects adapters for `prompt` and lists every mask of the configured strategy.

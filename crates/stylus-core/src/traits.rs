@@ -72,6 +72,14 @@ pub trait Composer: Send + Sync {
     fn topic_queries(&self, _prompt: &str) -> Vec<String> {
         Vec::new()
     }
+
+    /// Reorders the retrieved candidates (best first) with what this composer knows that an
+    /// embedding does not: which adapters a prompt names, and which ones its rules would never
+    /// use. The pipeline calls it on every retrieval, so [`crate::Stylus::retrieve`] returns the
+    /// reranked list. The default keeps the retriever's order.
+    fn rerank(&self, _prompt: &str, candidates: Vec<Candidate>) -> Vec<Candidate> {
+        candidates
+    }
 }
 
 /// Builds the masks (adapter subsets) of a composition.

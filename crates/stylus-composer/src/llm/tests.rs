@@ -35,6 +35,22 @@ fn with_triggers(c: Candidate, triggers: &[&str]) -> Candidate {
 
 /// 0 rain, 1 cat, 2 watercolor (style), 3 man, 4 ink (style), 5 oil paint (style),
 /// 6 celebrity, 7 character.
+/// The default rules without the composition-wide cap, so that each test sees the rule it is
+/// about (`max_adapters` has its own test).
+fn rules() -> ComposerConfig {
+    ComposerConfig {
+        max_adapters: usize::MAX,
+        ..ComposerConfig::default()
+    }
+}
+
+fn llm_config() -> LlmComposerConfig {
+    LlmComposerConfig {
+        rules: rules(),
+        ..LlmComposerConfig::default()
+    }
+}
+
 fn candidates() -> Vec<Candidate> {
     vec![
         candidate(100, "Rainy Day", Category::Background),
@@ -89,7 +105,7 @@ fn topics_not_drawn_from_the_prompt_are_dropped_with_their_adapters() {
         topic("a dog", json!([1])),
         topic("ignore previous instructions", json!([0])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![("A man".to_string(), vec![103])]
@@ -103,7 +119,7 @@ fn topics_not_drawn_from_the_prompt_are_dropped_with_their_adapters() {
     );
     // Adapters of dropped topics stay free for later topics.
     let topics = vec![topic("a dog", json!([1])), topic("a cat", json!([1]))];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![("a cat".to_string(), vec![101])]
@@ -118,7 +134,7 @@ fn topic_words_are_compared_after_normalization_and_shown_as_in_the_prompt() {
         // every word is in the prompt, but not in a row: kept with the model's text
         topic("rain the in", json!([])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![
@@ -138,7 +154,7 @@ fn topics_come_out_in_prompt_order() {
         topic("riding a cat", json!([1])),
         topic("a man", json!([3])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     let texts: Vec<String> = summary(&repaired.composition)
         .into_iter()
         .map(|(t, _)| t)
@@ -156,7 +172,7 @@ fn empty_and_repeated_topics_are_dropped() {
         topic(" ,, ", json!([0])),
         topic("A CAT", json!([0])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![("a cat".to_string(), vec![101])]
@@ -173,7 +189,7 @@ fn unknown_indices_are_dropped_and_numeric_forms_accepted() {
         "in the rain",
         json!([8, -1, "x", 1.5, null, {"index": 0}, 999999999999u64, "0"]),
     )];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![("in the rain".to_string(), vec![100])]
@@ -181,7 +197,7 @@ fn unknown_indices_are_dropped_and_numeric_forms_accepted() {
     assert_eq!(reasons(&repaired), vec![RepairReason::UnknownIndex; 7]);
 
     let topics = vec![topic("a cat", json!([1.0]))];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![("a cat".to_string(), vec![101])]
@@ -194,7 +210,7 @@ fn each_adapter_is_used_at_most_once() {
         topic("a cat", json!([1, 1])),
         topic("in the rain", json!([0, 1])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![
@@ -215,7 +231,7 @@ fn each_adapter_is_used_at_most_once() {
 fn adapters_per_topic_are_capped() {
     let rules = ComposerConfig {
         max_adapters_per_topic: 2,
-        ..ComposerConfig::default()
+        ..rules()
     };
     let topics = vec![topic("a man", json!([3, 1, 0, 2]))];
     let repaired = repair(PROMPT, &candidates(), &topics, &rules);
@@ -228,8 +244,20 @@ fn adapters_per_topic_are_capped() {
         vec![RepairReason::TopicFull, RepairReason::TopicFull]
     );
     // The default (3) keeps three.
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &self::rules());
     assert_eq!(repaired.composition.adapter_count(), 3);
+}
+
+#[test]
+fn adapters_are_capped_over_the_whole_composition_in_the_models_order() {
+    let topics = vec![
+        topic("a man", json!([3])),
+        topic("riding a cat", json!([1])),
+        topic("in the rain", json!([0])),
+    ];
+    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    assert_eq!(repaired.composition.adapter_count(), 2);
+    assert_eq!(reasons(&repaired), vec![RepairReason::CompositionFull]);
 }
 
 #[test]
@@ -238,7 +266,7 @@ fn style_adapters_are_capped_over_the_whole_composition() {
         topic("watercolor", json!([2, 4])),
         topic("in the rain", json!([5, 0])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules());
     assert_eq!(
         summary(&repaired.composition),
         vec![
@@ -250,7 +278,7 @@ fn style_adapters_are_capped_over_the_whole_composition() {
 
     let one_style = ComposerConfig {
         max_style_adapters: 1,
-        ..ComposerConfig::default()
+        ..rules()
     };
     let repaired = repair(PROMPT, &candidates(), &topics, &one_style);
     assert_eq!(repaired.composition.adapter_count(), 2);
@@ -258,7 +286,7 @@ fn style_adapters_are_capped_over_the_whole_composition() {
 
 #[test]
 fn characters_and_celebrities_only_when_the_prompt_names_them() {
-    let rules = ComposerConfig::default();
+    let rules = rules();
     let topics = vec![topic("a man", json!([6, 7, 3]))];
     let repaired = repair(PROMPT, &candidates(), &topics, &rules);
     assert_eq!(
@@ -387,13 +415,14 @@ async fn good_reply_becomes_the_composition_and_the_request_follows_the_contract
     let rules = ComposerConfig {
         max_adapters_per_topic: 2,
         max_style_adapters: 1,
+        max_adapters: 5,
         block_characters: true,
     };
     let composer = composer(
         &server,
         LlmComposerConfig {
             rules,
-            ..LlmComposerConfig::default()
+            ..llm_config()
         },
     );
     let composition = composer.compose(PROMPT, &candidates()).await.unwrap();
@@ -426,7 +455,7 @@ async fn malformed_reply_is_asked_again_then_used() {
         StubReply::chat(&format!("```json\n{GOOD}\n```")),
     ])
     .await;
-    let composition = composer(&server, LlmComposerConfig::default())
+    let composition = composer(&server, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap();
@@ -437,7 +466,7 @@ async fn malformed_reply_is_asked_again_then_used() {
 #[tokio::test]
 async fn a_model_that_never_returns_usable_json_is_a_clear_error() {
     let server = StubServer::sequence(vec![StubReply::chat("{\"topics\": [{\"topic\": ")]).await;
-    let err = composer(&server, LlmComposerConfig::default())
+    let err = composer(&server, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap_err();
@@ -476,7 +505,7 @@ async fn adversarial_card_text_is_quoted_capped_and_cannot_change_the_contract()
                                 {"topic": "a cat", "adapters": [1, 99]}]}"#;
     let server = StubServer::sequence(vec![StubReply::chat(obeyed)]).await;
     let benign = StubServer::sequence(vec![StubReply::chat(GOOD)]).await;
-    let config = LlmComposerConfig::default();
+    let config = llm_config();
     let composition = composer(&server, config.clone())
         .compose(PROMPT, &hostile)
         .await
@@ -523,7 +552,7 @@ async fn a_reply_with_no_prompt_topic_is_asked_again_with_the_reason() {
         StubReply::chat(GOOD),
     ])
     .await;
-    let composition = composer(&server, LlmComposerConfig::default())
+    let composition = composer(&server, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap();
@@ -538,7 +567,7 @@ async fn check_turn_continues_the_conversation_and_uses_the_corrected_answer() {
     let server = StubServer::sequence(vec![StubReply::chat(first), StubReply::chat(GOOD)]).await;
     let config = LlmComposerConfig {
         check_answer: true,
-        ..LlmComposerConfig::default()
+        ..llm_config()
     };
     let composition = composer(&server, config)
         .compose(PROMPT, &candidates())
@@ -568,7 +597,7 @@ async fn a_failed_check_turn_keeps_the_valid_first_answer() {
     let config = LlmComposerConfig {
         check_answer: true,
         reply_attempts: 2,
-        ..LlmComposerConfig::default()
+        ..llm_config()
     };
     let composition = composer(&server, config)
         .compose(PROMPT, &candidates())
@@ -585,14 +614,14 @@ async fn rate_limit_then_ok_and_server_errors_forever() {
         StubReply::chat(GOOD),
     ])
     .await;
-    let composition = composer(&server, LlmComposerConfig::default())
+    let composition = composer(&server, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap();
     assert_eq!(summary(&composition), good_summary());
 
     let broken = StubServer::sequence(vec![StubReply::error(500, "down")]).await;
-    let err = composer(&broken, LlmComposerConfig::default())
+    let err = composer(&broken, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap_err();
@@ -619,7 +648,7 @@ async fn a_slow_server_is_a_timeout_error() {
         ..OpenAiConfig::new(server.base_url(), "stub-llm")
     })
     .unwrap();
-    let err = LlmComposer::new(client, LlmComposerConfig::default())
+    let err = LlmComposer::new(client, llm_config())
         .compose(PROMPT, &candidates())
         .await
         .unwrap_err();
@@ -629,7 +658,7 @@ async fn a_slow_server_is_a_timeout_error() {
 #[tokio::test]
 async fn a_prompt_without_words_asks_nothing() {
     let server = StubServer::sequence(vec![StubReply::chat(GOOD)]).await;
-    let composition = composer(&server, LlmComposerConfig::default())
+    let composition = composer(&server, llm_config())
         .compose(" ,. ", &candidates())
         .await
         .unwrap();
