@@ -13,10 +13,9 @@ use std::time::Instant;
 use serde::Serialize;
 use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::{
-    AdapterCard, AdapterDoc, Candidate, Query, RetrievalFilter, Retriever, StylusConfig,
-    StylusError, strip_lora_tags,
+    AdapterCard, AdapterDoc, Candidate, MaskStrategy, Query, RetrievalFilter, Retriever, Stylus,
+    StylusConfig, StylusError, strip_lora_tags,
 };
-use stylus_core::{MaskStrategy, Stylus};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::card_refiner::{CardRefiner, CardRefinerOptions, EmbeddingText};
 use stylus_refiner::civitai::read_civitai_paths;
@@ -26,7 +25,7 @@ use stylus_retriever::eval::{EvalCase, RankingMetrics};
 use stylus_retriever::hybrid::reciprocal_rank_fusion;
 use stylus_retriever::{
     ExactRetriever, FusionConfig, Hit, HnswRetriever, HybridRetriever, LexicalConfig, LexicalIndex,
-    VectorMatrix,
+    SparseRetriever, VectorMatrix,
 };
 
 use super::RetrievalArgs;
@@ -147,7 +146,13 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
                 .config(config.clone())
                 .embedder(Arc::new(embedder))
                 .retriever(Arc::new(HybridRetriever::bm25_only(
-                    dense.clone(),
+                    // As a lexical store searches its vectors (a topic of unknown words embeds
+                    // to zero, which ranks nothing instead of failing).
+                    Arc::new(SparseRetriever::new(
+                        docs.clone(),
+                        DEFAULT_DIM,
+                        &doc_vectors.concat(),
+                    )?),
                     LexicalIndex::build(rich_docs.clone(), LexicalConfig::default()),
                 )))
                 .composer(Arc::new(LocalComposer::new(config.composer.clone())))
