@@ -15,6 +15,8 @@
 //! let Some(cards) = stylus_test_data::shared("data/civitai") else { return };
 //! ```
 
+pub mod hostile;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -69,12 +71,13 @@ impl Need {
         self.path.as_deref().is_some_and(Path::exists)
     }
 
+    /// What is missing: the shared path, or the download and where it was looked for.
     fn describe(&self) -> String {
         match &self.path {
             Some(path) if !self.what.starts_with("../shared/") => {
-                format!("{} at {} ({})", self.what, path.display(), self.how)
+                format!("{} at {}", self.what, path.display())
             }
-            _ => format!("{} ({})", self.what, self.how),
+            _ => self.what.clone(),
         }
     }
 }
@@ -94,9 +97,16 @@ pub fn skip_line(test: &str, missing: &[&Need]) -> Option<String> {
         return None;
     }
     let needs: Vec<String> = missing.iter().map(|n| n.describe()).collect();
+    let mut remedies: Vec<&str> = Vec::new();
+    for need in missing {
+        if !remedies.contains(&need.how.as_str()) {
+            remedies.push(&need.how);
+        }
+    }
     Some(format!(
-        "skipped: {test}: needs {}; set {REQUIRE_ENV}=1 to make this a failure",
-        needs.join(" and ")
+        "skipped: {test}: needs {} ({}); set {REQUIRE_ENV}=1 to make this a failure",
+        needs.join(" and "),
+        remedies.join("; ")
     ))
 }
 
@@ -136,14 +146,15 @@ mod tests {
     #[test]
     fn skip_line_names_the_test_every_missing_input_and_the_remedy() {
         let a = Need::shared("data/nowhere");
+        let a2 = Need::shared("fixtures/none");
         let b = Need::download("model X", Some("/nonexistent/x".into()), "run fetch-x.sh");
         let c = Need::download("model Y", None, "set Y_DIR");
-        let line = skip_line("t", &[&a, &b, &c]).unwrap();
+        let line = skip_line("t", &[&a, &b, &c, &a2]).unwrap();
         assert_eq!(
             line,
-            "skipped: t: needs ../shared/data/nowhere (clone the shared data beside the \
-             repository) and model X at /nonexistent/x (run fetch-x.sh) and model Y (set Y_DIR); \
-             set STYLUS_REQUIRE_TEST_DATA=1 to make this a failure"
+            "skipped: t: needs ../shared/data/nowhere and model X at /nonexistent/x and model Y \
+             and ../shared/fixtures/none (clone the shared data beside the repository; run \
+             fetch-x.sh; set Y_DIR); set STYLUS_REQUIRE_TEST_DATA=1 to make this a failure"
         );
         assert_eq!(skip_line("t", &[]), None);
         assert!(!a.present() && !b.present() && !c.present());
