@@ -53,7 +53,7 @@ fn check_composer(prompt: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(stylus_test_data::hostile::config(256))]
 
     #[test]
     fn segment_is_total_on_hostile_text(prompt in text(64)) {
@@ -110,7 +110,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(stylus_test_data::hostile::config(24))]
 
     #[test]
     fn segment_and_composer_finish_on_100_kb_prompts(prompt in long_text(100_000)) {

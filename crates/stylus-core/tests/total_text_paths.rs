@@ -70,7 +70,7 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(stylus_test_data::hostile::config(256))]
 
     #[test]
     fn config_parsing_is_total_on_hostile_toml(text in config_text()) {
@@ -135,7 +135,7 @@ fn check_builder(prompt: &str, topics: &[String]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(stylus_test_data::hostile::config(16))]
 
     #[test]
     fn long_inputs_finish(text in long_text(100_000)) {

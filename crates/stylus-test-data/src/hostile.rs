@@ -185,6 +185,16 @@ pub fn safetensors_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The suites' proptest settings: `cases` cases, no regression files written into the source
+/// tree (a failure prints its minimal input; add it to a unit test).
+pub fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 /// Runs `f` and fails the test when it takes longer than `limit` (a quadratic blowup on long
 /// input, not machine noise: limits are seconds where the work is milliseconds).
 pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
@@ -259,7 +269,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(16))]
+        #![proptest_config(config(16))]
         #[test]
         fn long_text_is_long(s in long_text(1000)) {
             prop_assert!(s.len() >= 1000);
