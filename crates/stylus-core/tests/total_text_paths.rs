@@ -46,7 +46,7 @@ fn config_text() -> impl Strategy<Value = String> {
             for (index, how, value, junk) in edits {
                 let line = &out[index];
                 out[index] = match (how, line.split_once(" = ")) {
-                    (0 | 1 | 2, Some((key, _))) => format!("{key} = {value}"),
+                    (0..=2, Some((key, _))) => format!("{key} = {value}"),
                     (3, Some((_, old))) => format!("{junk} = {old}"),
                     (4, _) => format!("[{junk}]"),
                     (5, _) => String::new(),

@@ -247,36 +247,6 @@ pub fn hostile_prompts() -> Vec<String> {
     prompts
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostile_prompts_are_one_non_blank_line_each() {
-        let prompts = hostile_prompts();
-        assert!(prompts.len() > 20);
-        for p in &prompts {
-            assert!(!p.contains(['\n', '\r']), "{p:?}");
-            assert!(!p.trim().is_empty() || p.contains('\u{200b}') || p.contains('\u{feff}'));
-        }
-        assert!(prompts.iter().filter(|p| p.len() >= 100_000).count() >= 5);
-    }
-
-    #[test]
-    fn repeat_to_reaches_the_length() {
-        assert_eq!(repeat_to("", 3), "xxx");
-        assert!(repeat_to("丸", 10).len() >= 10);
-    }
-
-    proptest! {
-        #![proptest_config(config(16))]
-        #[test]
-        fn long_text_is_long(s in long_text(1000)) {
-            prop_assert!(s.len() >= 1000);
-        }
-    }
-}
-
 /// Key pieces of LoRA files (kohya, LyCORIS, PEFT/diffusers, LDM names, embeddings).
 pub const LORA_KEY_PIECES: &[&str] = &[
     "lora_unet_",
@@ -509,4 +479,34 @@ fn write_safetensors(
         _ => {}
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_prompts_are_one_non_blank_line_each() {
+        let prompts = hostile_prompts();
+        assert!(prompts.len() > 20);
+        for p in &prompts {
+            assert!(!p.contains(['\n', '\r']), "{p:?}");
+            assert!(!p.trim().is_empty() || p.contains('\u{200b}') || p.contains('\u{feff}'));
+        }
+        assert!(prompts.iter().filter(|p| p.len() >= 100_000).count() >= 5);
+    }
+
+    #[test]
+    fn repeat_to_reaches_the_length() {
+        assert_eq!(repeat_to("", 3), "xxx");
+        assert!(repeat_to("丸", 10).len() >= 10);
+    }
+
+    proptest! {
+        #![proptest_config(config(16))]
+        #[test]
+        fn long_text_is_long(s in long_text(1000)) {
+            prop_assert!(s.len() >= 1000);
+        }
+    }
 }
