@@ -118,7 +118,9 @@ pub fn available(needs: &[Need]) -> bool {
         return true;
     };
     if required() {
-        panic!("{REQUIRE_ENV} is set and a test input is missing: {line}");
+        let reason = line.strip_prefix("skipped: ").unwrap_or(&line);
+        let reason = reason.split("; set ").next().unwrap_or(reason);
+        panic!("a test input is missing and {REQUIRE_ENV}=1 makes that a failure: {reason}");
     }
     // Not `eprintln!`: libtest captures the print macros of a passing test, not the handle.
     let mut stderr = std::io::stderr().lock();
