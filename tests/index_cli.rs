@@ -1,4 +1,5 @@
-//! `stylus index` end to end on real Civitai cards (one part of ../shared/data/civitai).
+//! `stylus index` end to end on real Civitai cards (one part of ../shared/data/civitai; the tests
+//! that read it skip without it, see `stylus-test-data`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,15 +8,14 @@ use stylus_core::openai::testing::{StubReply, StubServer};
 use stylus_refiner::lexical::LexicalEmbedder;
 use stylus_refiner::store::StylusDocs;
 
-fn part7() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/civitai/civitai_lora_sfw_2023-07_part7.jsonl"
-    ))
+/// `../shared/data/civitai/..._part7.jsonl`, or `None` (the test is skipped) without it.
+fn part7() -> Option<PathBuf> {
+    stylus_test_data::shared("data/civitai/civitai_lora_sfw_2023-07_part7.jsonl")
 }
 
 #[test]
 fn index_writes_a_verified_store_and_a_json_summary() {
+    let Some(part7) = part7() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.jsonl");
     std::fs::write(
@@ -27,7 +27,7 @@ fn index_writes_a_verified_store_and_a_json_summary() {
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_stylus"))
             .args(["index", "--json", "--civitai"])
-            .arg(part7())
+            .arg(&part7)
             .arg("--civitai")
             .arg(&broken)
             .arg("--out")
@@ -89,9 +89,15 @@ fn index_without_inputs_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
 
     // An unknown refiner is a usage error, and no store is written.
+    let cards = dir.path().join("cards.jsonl");
+    std::fs::write(
+        &cards,
+        "{\"id\": 1, \"name\": \"ok\", \"type\": \"LORA\"}\n",
+    )
+    .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
         .args(["index", "--refiner", "gpt", "--civitai"])
-        .arg(part7())
+        .arg(&cards)
         .arg("--out")
         .arg(dir.path().join("s"))
         .output()
@@ -107,9 +113,10 @@ fn index_without_inputs_is_a_usage_error() {
 /// that never answers usable JSON fails the run with an error naming the card.
 #[test]
 fn index_with_the_vlm_refiner_asks_each_card_once_and_resumes_from_its_cache() {
+    let Some(part7) = part7() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cards = dir.path().join("cards.jsonl");
-    let text = std::fs::read_to_string(part7()).unwrap();
+    let text = std::fs::read_to_string(part7).unwrap();
     let head: Vec<&str> = text.lines().take(6).collect();
     std::fs::write(&cards, head.join("\n")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

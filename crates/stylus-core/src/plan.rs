@@ -171,17 +171,47 @@ fn sanitize_alias(alias: &str) -> String {
         .collect()
 }
 
-/// The byte position of `needle` in `text` outside of an existing `( ... )` group.
+/// The byte position of `needle` in `text` outside of an existing `( ... )` group. One pass:
+/// the parenthesis depth is carried from match to match, not recounted from the start (which was
+/// quadratic in a long prompt full of matches inside parentheses).
 fn find_unemphasized(text: &str, needle: &str) -> Option<usize> {
-    let mut from = 0;
+    if needle.is_empty() {
+        return None;
+    }
+    let (mut from, mut counted, mut depth) = (0, 0, 0isize);
     while let Some(rel) = text[from..].find(needle) {
         let pos = from + rel;
-        let depth =
-            text[..pos].matches('(').count() as isize - text[..pos].matches(')').count() as isize;
+        for byte in text[counted..pos].bytes() {
+            match byte {
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ => {}
+            }
+        }
+        counted = pos;
         if depth <= 0 {
             return Some(pos);
         }
         from = pos + needle.len();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_unemphasized;
+
+    #[test]
+    fn emphasis_search_skips_groups_and_is_linear() {
+        assert_eq!(find_unemphasized("(a cat) cat", "cat"), Some(8));
+        assert_eq!(find_unemphasized("(a cat (cat)) x", "cat"), None);
+        assert_eq!(find_unemphasized("cat)", "cat"), Some(0));
+        assert_eq!(find_unemphasized("a) (b) cat", "cat"), Some(7));
+        assert_eq!(find_unemphasized("x", ""), None);
+        // 50,000 opening parentheses, then 25,000 matches inside them: was minutes, now instant.
+        let text = format!("{}{}", "(".repeat(50_000), "cat ".repeat(25_000));
+        let start = std::time::Instant::now();
+        assert_eq!(find_unemphasized(&text, "cat"), None);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
 }

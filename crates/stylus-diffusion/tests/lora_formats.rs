@@ -1,8 +1,11 @@
 //! Real adapter files (../shared/fixtures/loras) against the SD 1.5 target table: the LyCORIS
 //! LoKr files resolve completely and reproduce the reference ΔW values of SOURCES.md; the legacy
-//! cloneofsimo files are refused by name.
+//! cloneofsimo files are refused by name. Those tests skip without ../shared (see
+//! `stylus-test-data`).
 
 mod lora_support;
+
+use std::path::Path;
 
 use lora_support::*;
 use stylus_core::StylusError;
@@ -86,18 +89,19 @@ fn ldm_names_round_trip_through_the_checkpoint_mapping() {
     }
 }
 
-fn lokr(name: &str) -> LoraAdapter {
-    load_adapter(&shared_lora(name), &sd15(), ParseOptions { strict: true }).unwrap()
+fn lokr(loras: &Path, name: &str) -> LoraAdapter {
+    load_adapter(&loras.join(name), &sd15(), ParseOptions { strict: true }).unwrap()
 }
 
 #[test]
 fn real_lokr_files_resolve_all_350_modules() {
+    let Some(loras) = shared_loras() else { return };
     for file in [
         "smart_falcon_4_lokr.safetensors",
         "smart_falcon_8_lokr.safetensors",
         "smart_falcon_16_lokr.safetensors",
     ] {
-        let adapter = lokr(file);
+        let adapter = lokr(&loras, file);
         assert_eq!(adapter.format, "lycoris_lokr", "{file}");
         assert_eq!(adapter.count(Network::TextEncoder), 72, "{file}");
         assert_eq!(adapter.count(Network::Unet), 278, "{file}");
@@ -107,7 +111,7 @@ fn real_lokr_files_resolve_all_350_modules() {
             adapter.modules.iter().all(|m| (m.scale - 1.0).abs() < 1e-6),
             "{file}"
         );
-        let file_data = TensorFile::open(&shared_lora(file)).unwrap();
+        let file_data = TensorFile::open(&loras.join(file)).unwrap();
         assert_eq!(
             Some(&adapter.content_hash),
             file_data.metadata().get("sshs_model_hash")
@@ -184,9 +188,10 @@ fn close(got: f64, want: f64, relative: f64, what: &str) {
 
 #[test]
 fn real_lokr_deltas_match_the_reference_values() {
+    let Some(loras) = shared_loras() else { return };
     let table = sd15();
     for (file, module_name, sum, norm, at_0_0, at_5_17, at_100_200) in REFERENCE {
-        let adapter = lokr(file);
+        let adapter = lokr(&loras, file);
         let module = adapter
             .modules
             .iter()
@@ -237,8 +242,9 @@ fn real_lokr_deltas_match_the_reference_values() {
 
 #[test]
 fn real_lokr_zero_factor_modules_still_match_with_zero_delta() {
+    let Some(loras) = shared_loras() else { return };
     let table = sd15();
-    let adapter = lokr("smart_falcon_8_lokr.safetensors");
+    let adapter = lokr(&loras, "smart_falcon_8_lokr.safetensors");
     for suffix in ["conv1", "conv2", "time_emb_proj"] {
         let name = format!("lora_unet_down_blocks_0_resnets_0_{suffix}");
         let module = adapter.modules.iter().find(|m| m.name == name).unwrap();
@@ -249,11 +255,12 @@ fn real_lokr_zero_factor_modules_still_match_with_zero_delta() {
 
 #[test]
 fn cloneofsimo_files_are_an_unsupported_format() {
+    let Some(loras) = shared_loras() else { return };
     for file in [
         "legacy_cloneofsimo/analog_svd_rank4.safetensors",
         "legacy_cloneofsimo/lora_disney.safetensors",
     ] {
-        let error = load_adapter(&shared_lora(file), &sd15(), ParseOptions::default()).unwrap_err();
+        let error = load_adapter(&loras.join(file), &sd15(), ParseOptions::default()).unwrap_err();
         match &error {
             StylusError::UnsupportedFormat { path, message } => {
                 assert!(path.ends_with(file));

@@ -636,11 +636,10 @@ mod tests {
 
     #[test]
     fn raw_api_fixtures_parse() {
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/data/civitai/raw_api_examples"
-        ));
-        let read = read_civitai_paths(&[dir.to_path_buf()]);
+        let Some(dir) = stylus_test_data::shared("data/civitai/raw_api_examples") else {
+            return;
+        };
+        let read = read_civitai_paths(&[dir]);
         assert!(read.malformed.is_empty(), "{:?}", read.malformed);
         assert_eq!(read.entries.len(), 3);
         let by_id = |id| {

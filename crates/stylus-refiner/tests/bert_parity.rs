@@ -1,10 +1,10 @@
 //! BertEmbedder against sentence-transformers, and its typed errors on bad model files.
 //!
 //! The parity tests need all-MiniLM-L6-v2: run `tools/fetch-minilm.sh` (it installs the model
-//! where [`default_minilm_dir`] looks). They fail, rather than skip, when it is missing.
-//! The fixture `tests/fixtures/bert/minilm_cards.safetensors` comes from
-//! `tools/make_bert_fixture.py`; it stores card ids and embeddings, and the card texts are rebuilt
-//! here from ../shared/data/civitai with the same rule.
+//! where [`default_minilm_dir`] looks). The fixture `tests/fixtures/bert/minilm_cards.safetensors`
+//! comes from `tools/make_bert_fixture.py`; it stores card ids and embeddings, and the card texts
+//! are rebuilt here from ../shared/data/civitai with the same rule. Without the model or the
+//! shared data the parity tests skip with one line (with `STYLUS_REQUIRE_TEST_DATA=1` they fail).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -19,21 +19,30 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/bert/minilm_cards.safetensors"
 );
-const CARDS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/civitai/civitai_lora_sfw_2023-07_part1.jsonl"
-);
+const CARDS: &str = "data/civitai/civitai_lora_sfw_2023-07_part1.jsonl";
 const MIN_COSINE: f32 = 0.9999;
 
-fn minilm_dir() -> PathBuf {
-    let dir = default_minilm_dir().expect("set STYLUS_MINILM_DIR or HOME");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not installed at {}: run tools/fetch-minilm.sh \
-         (or point STYLUS_MINILM_DIR at a copy)",
-        dir.display()
-    );
-    dir
+/// What the parity tests read from outside the repository: the model directory and the cards.
+struct Inputs {
+    minilm: PathBuf,
+    cards: PathBuf,
+}
+
+/// The MiniLM directory and `../shared/<CARDS>`, or `None` (the test is skipped) without them.
+fn inputs() -> Option<Inputs> {
+    let minilm = default_minilm_dir();
+    let needs = [
+        stylus_test_data::Need::download(
+            "all-MiniLM-L6-v2",
+            minilm.as_ref().map(|d| d.join("model.safetensors")),
+            "run tools/fetch-minilm.sh or point STYLUS_MINILM_DIR at a copy",
+        ),
+        stylus_test_data::Need::shared(CARDS),
+    ];
+    stylus_test_data::available(&needs).then(|| Inputs {
+        minilm: minilm.unwrap_or_default(),
+        cards: needs[1].path().unwrap().to_path_buf(),
+    })
 }
 
 /// The fixture's tensors: card ids, mean-pooled embeddings, CLS-pooled embeddings.
@@ -73,10 +82,10 @@ fn load_fixture() -> Fixture {
 /// The card text rule of tools/make_bert_fixture.py (`card_text`): `{name}. {tags}. {description}`
 /// with HTML tags replaced by spaces, space/tab/CR/LF runs collapsed, outer spaces trimmed, and the
 /// description cut to 500 characters.
-fn card_texts(ids: &[i64]) -> Vec<String> {
+fn card_texts(cards: &Path, ids: &[i64]) -> Vec<String> {
     let tag = Regex::new(r"<[^>]*>").unwrap();
     let spaces = Regex::new(r"[ \t\n\r]+").unwrap();
-    let file = std::fs::File::open(CARDS).expect("reading ../shared/data/civitai");
+    let file = std::fs::File::open(cards).expect("reading ../shared/data/civitai");
     let mut by_id = HashMap::new();
     for line in std::io::BufReader::new(file).lines() {
         let card: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
@@ -102,7 +111,7 @@ fn card_texts(ids: &[i64]) -> Vec<String> {
         .map(|id| {
             by_id
                 .remove(id)
-                .unwrap_or_else(|| panic!("card {id} not in {CARDS}"))
+                .unwrap_or_else(|| panic!("card {id} not in {}", cards.display()))
         })
         .collect()
 }
@@ -130,10 +139,11 @@ fn assert_parity(ours: &[Vec<f32>], reference: &[Vec<f32>], ids: &[i64]) -> f32 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_matches_sentence_transformers_on_real_cards() {
+    let Some(inputs) = inputs() else { return };
     let fixture = load_fixture();
     assert!(fixture.card_ids.len() >= 100);
-    let texts = card_texts(&fixture.card_ids);
-    let embedder = BertEmbedder::from_dir(minilm_dir()).unwrap();
+    let texts = card_texts(&inputs.cards, &fixture.card_ids);
+    let embedder = BertEmbedder::from_dir(inputs.minilm).unwrap();
     assert_eq!(embedder.dim(), 384);
     assert_eq!(embedder.sentence_config().max_seq_length, 256);
     assert_eq!(embedder.sentence_config().pooling, Pooling::Mean);
@@ -159,10 +169,11 @@ async fn minilm_matches_sentence_transformers_on_real_cards() {
 
 #[test]
 fn minilm_vectors_do_not_depend_on_batching() {
+    let Some(inputs) = inputs() else { return };
     let fixture = load_fixture();
     let ids = &fixture.card_ids[..12];
-    let texts = card_texts(ids);
-    let embedder = BertEmbedder::from_dir(minilm_dir()).unwrap();
+    let texts = card_texts(&inputs.cards, ids);
+    let embedder = BertEmbedder::from_dir(inputs.minilm).unwrap();
     let batched = embedder.embed_blocking(&texts).unwrap();
     let one_by_one = embedder
         .clone()
@@ -187,11 +198,12 @@ fn minilm_vectors_do_not_depend_on_batching() {
 /// (sentence-transformers >= 6 format) against sentence-transformers with CLS pooling.
 #[test]
 fn cls_pooling_matches_sentence_transformers() {
+    let Some(inputs) = inputs() else { return };
     let fixture = load_fixture();
     let count = fixture.cls_embeddings.len();
     let ids = &fixture.card_ids[..count];
-    let texts = card_texts(ids);
-    let source = minilm_dir();
+    let texts = card_texts(&inputs.cards, ids);
+    let source = inputs.minilm;
     let dir = tempfile::tempdir().unwrap();
     for file in [
         "config.json",

@@ -1,7 +1,7 @@
 //! The live Civitai fetch against a stub `api/v1/models` server on 127.0.0.1 that serves real
-//! cards (../shared/data/civitai) in cursor-linked pages, with a 429 in between.
+//! cards (../shared/data/civitai) in cursor-linked pages, with a 429 in between. The tests that
+//! serve real cards skip without the shared data (see `stylus-test-data`).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,17 +12,17 @@ use stylus_refiner::civitai_api::{CivitaiClient, ModelsQuery, RetryPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn real_items(count: usize) -> Vec<Value> {
-    let path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/civitai/civitai_lora_sfw_2023-07_part3.jsonl"
-    ));
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .take(count)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+/// The first `count` cards of part 3 of the dump, or `None` (the test is skipped) without it.
+fn real_items(count: usize) -> Option<Vec<Value>> {
+    let path = stylus_test_data::shared("data/civitai/civitai_lora_sfw_2023-07_part3.jsonl")?;
+    Some(
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .take(count)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
 }
 
 /// What the stub saw: request targets and Authorization headers.
@@ -32,13 +32,12 @@ struct Seen {
     auth: Vec<Option<String>>,
 }
 
-/// Serves 3 pages of 4 items (cursor c2, c3); the first request for c2 gets a 429, and with
-/// `always_429` every request does.
-async fn stub_server(always_429: bool) -> (String, Arc<Mutex<Seen>>) {
+/// Serves 3 pages of 4 of the 12 `items` (cursor c2, c3); the first request for c2 gets a 429,
+/// and with `always_429` every request does (then `items` may be empty).
+async fn stub_server(always_429: bool, items: Vec<Value>) -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let items = real_items(12);
     let state = seen.clone();
     tokio::spawn(async move {
         let mut limited_once = false;
@@ -105,7 +104,8 @@ fn fast_retries(max_retries: u32) -> RetryPolicy {
 
 #[tokio::test]
 async fn fetches_all_pages_with_a_429_and_resumes_from_the_cache() {
-    let (base, seen) = stub_server(false).await;
+    let Some(items) = real_items(12) else { return };
+    let (base, seen) = stub_server(false, items.clone()).await;
     let cache = tempfile::tempdir().unwrap();
     let client =
         CivitaiClient::with_api_key(&base, Some("secret-key".into()), fast_retries(3)).unwrap();
@@ -136,7 +136,7 @@ async fn fetches_all_pages_with_a_429_and_resumes_from_the_cache() {
     let read = read_civitai_paths(std::slice::from_ref(&report.dir));
     assert!(read.malformed.is_empty());
     let ids: Vec<AdapterId> = read.entries.iter().map(|e| e.card.id.clone()).collect();
-    let expected: Vec<AdapterId> = real_items(12)
+    let expected: Vec<AdapterId> = items
         .iter()
         .map(|i| AdapterId::Civitai(i["id"].as_u64().unwrap()))
         .collect();
@@ -153,7 +153,8 @@ async fn fetches_all_pages_with_a_429_and_resumes_from_the_cache() {
 
 #[tokio::test]
 async fn max_pages_stops_early_and_a_later_run_continues() {
-    let (base, _) = stub_server(false).await;
+    let Some(items) = real_items(12) else { return };
+    let (base, _) = stub_server(false, items).await;
     let cache = tempfile::tempdir().unwrap();
     let client = CivitaiClient::with_api_key(&base, None, fast_retries(3)).unwrap();
     let first = ModelsQuery {
@@ -174,7 +175,7 @@ async fn max_pages_stops_early_and_a_later_run_continues() {
 
 #[tokio::test]
 async fn retries_are_bounded() {
-    let (base, seen) = stub_server(true).await;
+    let (base, seen) = stub_server(true, Vec::new()).await;
     let cache = tempfile::tempdir().unwrap();
     let client = CivitaiClient::with_api_key(&base, None, fast_retries(2)).unwrap();
     let err = client

@@ -1,4 +1,5 @@
-//! Reading and filtering the real Civitai dump in ../shared/data/civitai (7,955 cards).
+//! Reading and filtering the real Civitai dump in ../shared/data/civitai (7,955 cards); the tests
+//! skip without it (see `stylus-test-data`).
 
 use std::path::PathBuf;
 
@@ -6,11 +7,9 @@ use stylus_core::{AdapterId, CatalogConfig};
 use stylus_refiner::civitai::read_civitai_paths;
 use stylus_refiner::filters::{CardFilter, SkipReason};
 
-fn civitai_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/civitai"
-    ))
+/// `../shared/data/civitai`, or `None` (the test is skipped) without it.
+fn civitai_dir() -> Option<PathBuf> {
+    stylus_test_data::shared("data/civitai")
 }
 
 /// The dump's 7 JSONL files hold 7,955 cards; the paper's filter (type LORA, not nsfw, an
@@ -19,7 +18,10 @@ fn civitai_dir() -> PathBuf {
 /// "6,980" is the count without removing those two repeats.
 #[test]
 fn whole_dump_keeps_the_papers_count_and_accounts_for_every_card() {
-    let read = read_civitai_paths(&[civitai_dir()]);
+    let Some(civitai_dir) = civitai_dir() else {
+        return;
+    };
+    let read = read_civitai_paths(&[civitai_dir]);
     assert!(read.malformed.is_empty(), "{:?}", read.malformed.first());
     assert_eq!(read.items_read, 7_955 + 3);
     let filtered = CardFilter::new(&CatalogConfig::default()).apply(read.entries);
@@ -50,8 +52,11 @@ fn whole_dump_keeps_the_papers_count_and_accounts_for_every_card() {
 
 #[test]
 fn jsonl_files_only_keep_6978() {
+    let Some(civitai_dir) = civitai_dir() else {
+        return;
+    };
     let files: Vec<PathBuf> = (1..=7)
-        .map(|i| civitai_dir().join(format!("civitai_lora_sfw_2023-07_part{i}.jsonl")))
+        .map(|i| civitai_dir.join(format!("civitai_lora_sfw_2023-07_part{i}.jsonl")))
         .collect();
     let read = read_civitai_paths(&files);
     assert_eq!(read.items_read, 7_955);
@@ -63,10 +68,12 @@ fn jsonl_files_only_keep_6978() {
 
 #[test]
 fn malformed_lines_are_counted_with_their_line_numbers() {
+    let Some(civitai_dir) = civitai_dir() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let source =
-        std::fs::read_to_string(civitai_dir().join("civitai_lora_sfw_2023-07_part7.jsonl"))
-            .unwrap();
+        std::fs::read_to_string(civitai_dir.join("civitai_lora_sfw_2023-07_part7.jsonl")).unwrap();
     let mut lines: Vec<String> = source.lines().take(20).map(str::to_string).collect();
     lines[4] = lines[4][..lines[4].len() / 2].to_string();
     lines[9] = "{\"id\": 5, \"name\": \"no type\"}".into();

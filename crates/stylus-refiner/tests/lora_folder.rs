@@ -1,5 +1,6 @@
-//! Local LoRA folders: real LyCORIS files from ../shared/fixtures/loras plus small files written
-//! here (kohya SD1/SD2/SDXL layouts, sidecars, broken headers), and the FolderLocator.
+//! Local LoRA folders: real LyCORIS files from ../shared/fixtures/loras (that test skips without
+//! them, see `stylus-test-data`) plus small files written here (kohya SD1/SD2/SDXL layouts,
+//! sidecars, broken headers), and the FolderLocator.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,11 +12,9 @@ use stylus_refiner::lora_folder::{
     MAX_HEADER_BYTES, detect_base_model, entry_from_lora_file, read_header, read_lora_folder,
 };
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/loras"
-    ))
+/// `../shared/fixtures/loras`, or `None` (the test is skipped) without it.
+fn fixtures() -> Option<PathBuf> {
+    stylus_test_data::shared("fixtures/loras")
 }
 
 /// Writes a safetensors file with zero-filled F16 tensors of the given shapes.
@@ -67,7 +66,8 @@ fn kohya_sd1(path: &Path, metadata: &[(&str, &str)]) {
 
 #[test]
 fn real_lokr_fixture_header_hash_and_base_model() {
-    let path = fixtures().join("smart_falcon_4_lokr.safetensors");
+    let Some(fixtures) = fixtures() else { return };
+    let path = fixtures.join("smart_falcon_4_lokr.safetensors");
     let header = read_header(&path).unwrap();
     assert_eq!(header.tensors.len(), 1750);
     assert!(!header.metadata.contains_key("ss_base_model_version"));

@@ -27,11 +27,10 @@ pub fn tiny_sd() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/tiny-diffusers")
 }
 
-/// `../shared/fixtures/loras/<name>` (beside the repository).
-pub fn shared_lora(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/loras")
-        .join(name)
+/// `../shared/fixtures/loras` (beside the repository), or `None` (the test is skipped, see
+/// `stylus-test-data`) without it.
+pub fn shared_loras() -> Option<PathBuf> {
+    stylus_test_data::shared("fixtures/loras")
 }
 
 /// The target table of the tiny model.
