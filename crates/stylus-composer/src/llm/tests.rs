@@ -35,10 +35,11 @@ fn with_triggers(c: Candidate, triggers: &[&str]) -> Candidate {
 
 /// 0 rain, 1 cat, 2 watercolor (style), 3 man, 4 ink (style), 5 oil paint (style),
 /// 6 celebrity, 7 character.
-/// The default rules without the composition-wide cap, so that each test sees the rule it is
-/// about (`max_adapters` has its own test).
+/// The paper's rules (up to 3 adapters per topic) without the composition-wide cap, so that
+/// each test sees the rule it is about (the budget has its own tests).
 fn rules() -> ComposerConfig {
     ComposerConfig {
+        max_adapters_per_topic: 3,
         max_adapters: usize::MAX,
         ..ComposerConfig::default()
     }
@@ -243,7 +244,7 @@ fn adapters_per_topic_are_capped() {
         reasons(&repaired),
         vec![RepairReason::TopicFull, RepairReason::TopicFull]
     );
-    // The default (3) keeps three.
+    // The paper's cap (3) keeps three.
     let repaired = repair(PROMPT, &candidates(), &topics, &self::rules());
     assert_eq!(repaired.composition.adapter_count(), 3);
 }
