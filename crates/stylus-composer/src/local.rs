@@ -81,9 +81,10 @@ const RERANK_K: f32 = 60.0;
 /// their name, 18% in their tags (docs/benchmarks.md, Selection). Weights 0.7 to 2 do the same
 /// within 1.5 points of recall@10.
 const RERANK_NAME_WEIGHT: f32 = 1.0;
-/// ...scaled down for prompts with more content words than this: in a tag soup of forty words
-/// ("1girl, solo, long hair, ...") a word shared with a name says little, and the prompt's own
-/// ranking is already precise (Civitai sample prompts, docs/benchmarks.md, Retrieval).
+/// ...both this and the person penalty below scaled by `(RERANK_PROMPT_WORDS / n)^2` for prompts
+/// of `n` > 8 content words: in a tag soup of forty words ("1girl, solo, long hair, ...") a word
+/// shared with a name says little, the prompt's own ranking is already precise, and it often asks
+/// for a character by a trigger word (Civitai sample prompts, docs/benchmarks.md, Retrieval).
 const RERANK_PROMPT_WORDS: f32 = 8.0;
 /// ...and a person the prompt does not ask for loses this, so that adapters the composer could
 /// use come first (0.3 to 1 are equal on PartiPrompts). Not more: a prompt can ask for a
@@ -342,8 +343,12 @@ impl Composer for LocalComposer {
             .filter(|w| !TOPIC_STOPWORDS.contains(&w.as_str()))
             .map(|w| stem(&w))
             .collect();
-        let name_weight =
-            RERANK_NAME_WEIGHT * (RERANK_PROMPT_WORDS / prompt_stems.len() as f32).min(1.0);
+        // 1 up to RERANK_PROMPT_WORDS content words, then falling with the square of the excess.
+        let natural = (RERANK_PROMPT_WORDS / prompt_stems.len() as f32)
+            .min(1.0)
+            .powi(2);
+        let name_weight = RERANK_NAME_WEIGHT * natural;
+        let person_penalty = RERANK_PERSON_PENALTY * natural;
         let mut scored: Vec<(f32, Candidate)> = candidates
             .into_iter()
             .enumerate()
@@ -355,7 +360,7 @@ impl Composer for LocalComposer {
                     && people::is_person(doc)
                     && !people::asks_for(&prompt_words, doc)
                 {
-                    score -= RERANK_PERSON_PENALTY;
+                    score -= person_penalty;
                 }
                 (score, candidate)
             })

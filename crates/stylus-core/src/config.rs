@@ -84,7 +84,9 @@ pub struct RetrieverConfig {
     /// ([`crate::Composer::topic_queries`]) and fused with the whole prompt's ranking; 0 searches
     /// with the whole prompt only.
     pub topic_k: usize,
-    /// Weight of each topic's ranking in that fusion (the whole prompt's has weight 1).
+    /// Weight of the topics' rankings in that fusion, shared equally among them (the whole
+    /// prompt's has weight 1): a tag soup cut into many topics must not outvote its own
+    /// precise ranking.
     pub topic_weight: f32,
     pub hnsw: HnswConfig,
 }

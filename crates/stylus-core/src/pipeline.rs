@@ -111,7 +111,7 @@ impl Stylus {
         rankings.extend(
             topic_docs
                 .iter()
-                .map(|d| (d.as_slice(), config.topic_weight)),
+                .map(|d| (d.as_slice(), config.topic_weight / topic_docs.len() as f32)),
         );
         let mut fused = reciprocal_rank_fusion(&rankings, RRF_K, config.top_k);
         // The candidates keep the retriever's score of the whole prompt (what composers that
