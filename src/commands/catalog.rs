@@ -13,7 +13,7 @@ use std::sync::Arc;
 use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
-use stylus_refiner::store::StylusDocs;
+use stylus_refiner::store::{StoreLock, StylusDocs};
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
@@ -116,6 +116,7 @@ pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, St
 
 /// Saves the index next to the store and registers its files in the store manifest.
 fn save_into_store(index: &HnswRetriever, store_dir: &Path) -> Result<(), StylusError> {
+    let _lock = StoreLock::acquire(store_dir)?;
     let tmp = std::env::temp_dir().join(format!("stylus-hnsw-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| StylusError::io(&tmp, e))?;
     let saved = index.save(&tmp).and_then(|paths| {

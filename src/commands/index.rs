@@ -17,7 +17,7 @@ use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
-use stylus_refiner::store::{MANIFEST_FILE, NewStore, StylusDocs};
+use stylus_refiner::store::{MANIFEST_FILE, NewStore, StoreLock, StylusDocs};
 use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +75,27 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             "nothing to index: give --civitai <file|dir> and/or --lora-dir <dir>".into(),
         ));
     }
+    // Every local source must exist: a typo must not turn into an empty store.
+    for source in &args.civitai {
+        let text = source.to_string_lossy();
+        if !(text.starts_with("http://") || text.starts_with("https://")) && !source.exists() {
+            return Err(StylusError::InvalidArgument(format!(
+                "--civitai {}: no such file or directory (nothing was written)",
+                source.display()
+            )));
+        }
+    }
+    if let Some(dir) = &args.lora_dir
+        && !dir.is_dir()
+    {
+        return Err(StylusError::InvalidArgument(format!(
+            "--lora-dir {}: not a directory (nothing was written)",
+            dir.display()
+        )));
+    }
     let start = Instant::now();
+    // One writer per store: a second `stylus index` into the same --out fails here, clearly.
+    let lock = StoreLock::acquire(&args.out)?;
     let runtime = super::runtime()?;
     let mut sources = Vec::new();
     for source in &args.civitai {
@@ -100,6 +120,21 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     }
     let filtered = CardFilter::new(&config.catalog).apply(entries);
     let cards: Vec<AdapterCard> = filtered.kept.into_iter().map(|e| e.card).collect();
+    if cards.is_empty() {
+        let skipped: usize = filtered.skipped.values().sum();
+        return Err(StylusError::store(
+            &args.out,
+            format!(
+                "nothing to index: {items_read} item(s) read, {} malformed, {skipped} filtered                  out, 0 adapters kept; {} (check the --civitai / --lora-dir paths)",
+                malformed.len(),
+                if args.out.exists() {
+                    "the existing store was left untouched"
+                } else {
+                    "no store was written"
+                }
+            ),
+        ));
+    }
 
     let previous = open_previous(&args.out);
     let (refiner, concurrency) = make_refiner(&args.refiner)?;
@@ -142,6 +177,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             extra_files,
         },
     )?;
+    drop(lock);
 
     let summary = Summary {
         cards_read: items_read,
@@ -195,7 +231,7 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
     if !out.join(MANIFEST_FILE).is_file() {
         return None;
     }
-    match StylusDocs::open(out) {
+    match StylusDocs::open_unlocked(out) {
         Ok(store) => Some(store),
         Err(err) => {
             tracing::warn!("ignoring the existing store, rebuilding it: {err}");

@@ -170,8 +170,25 @@ impl StylusDocs {
         })
     }
 
-    /// Opens and verifies the store at `dir`.
+    /// Opens and verifies the store at `dir`. A store caught in the middle of being swapped by
+    /// a writer (its lock held) is opened again once the writer is done, so a reader sees the old
+    /// store or the new one.
     pub fn open(dir: &Path) -> Result<Self> {
+        match Self::open_unlocked(dir) {
+            Ok(store) => Ok(store),
+            Err(err) => {
+                if StoreLock::wait_for_writer(dir) {
+                    Self::open_unlocked(dir)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Opens and verifies the store at `dir` without waiting for a writer (for the writer
+    /// itself, which holds the [`StoreLock`]).
+    pub fn open_unlocked(dir: &Path) -> Result<Self> {
         let manifest = read_manifest(dir)?;
         for required in [DOCS_FILE, VECTORS_FILE] {
             if !manifest.files.contains_key(required) {
@@ -358,6 +375,137 @@ impl StylusDocs {
     }
 }
 
+/// An exclusive lock on the store at a directory, held by a process that writes it (`stylus
+/// index`, `retrieve --build-hnsw`). The lock is an OS file lock (`flock`) on a hidden sibling
+/// file `.NAME.lock` beside the store (not inside it: the store directory is swapped whole), so a
+/// crashed writer never leaves a stale lock. Dropping the guard removes the file and releases it.
+#[derive(Debug)]
+pub struct StoreLock {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl StoreLock {
+    /// The lock file of the store at `dir`.
+    pub fn path_for(dir: &Path) -> Result<PathBuf> {
+        let (parent, name) = parent_and_name(dir)?;
+        Ok(parent.join(format!(".{name}.lock")))
+    }
+
+    /// Takes the lock or fails at once (another writer holds it) with a
+    /// [`StylusError::Store`] that says so.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = Self::path_for(dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StylusError::io(parent, e))?;
+        }
+        // The holder removes the file when it is done; a file we opened just before that removal
+        // is locked in vain, so the lock only counts when the path is still our file.
+        for _ in 0..100 {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StylusError::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StylusError::store(
+                        dir,
+                        format!(
+                            "another stylus process is writing this store (lock {} is held); \
+                             wait for it to finish and run again",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(StylusError::io(&path, e)),
+            }
+            if same_file(&file, &path) {
+                use std::io::Write as _;
+                let mut file = file;
+                let _ = writeln!(file, "{}", std::process::id());
+                return Ok(Self {
+                    path,
+                    file: Some(file),
+                });
+            }
+        }
+        Err(StylusError::store(
+            dir,
+            format!("could not take the lock {}", path.display()),
+        ))
+    }
+
+    /// When a writer holds the lock of the store at `dir`, waits (up to 10 s) until it is done
+    /// and returns `true`; `false` at once when no writer was there.
+    pub fn wait_for_writer(dir: &Path) -> bool {
+        let Ok(path) = Self::path_for(dir) else {
+            return false;
+        };
+        let Ok(file) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut waited = false;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return waited,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    waited = true;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // Remove first, then release: a waiting writer that got the old file retries.
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
+/// The parent directory (`.` for a bare name) and the file name of a store directory.
+fn parent_and_name(dir: &Path) -> Result<(PathBuf, String)> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StylusError::store(dir, "a store needs a directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
 /// The content hash of a card (sha256 of its JSON form): a changed card is refined again.
 pub fn card_hash(card: &AdapterCard) -> String {
     let json = serde_json::to_vec(card).expect("cards always serialize");
@@ -517,15 +665,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// any) is renamed aside and removed. On error the temporary directory is removed and `dir` is
 /// untouched.
 fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| StylusError::store(dir, "a store needs a directory name"))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (parent, name) = parent_and_name(dir)?;
     if dir.exists() {
         let is_store = dir.join(MANIFEST_FILE).is_file();
         let empty = std::fs::read_dir(dir)
