@@ -164,7 +164,7 @@ fn generate_refuses_bad_input_with_clear_errors() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("multiples of 8"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("multiple of 8"));
 
     let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
         .args(["generate", "--checkpoint"])

@@ -196,3 +196,207 @@ fn concurrent_index_runs_never_both_write() {
     let opened = stylus_refiner::store::StylusDocs::open(&store).unwrap();
     assert_eq!(opened.len(), 3);
 }
+
+fn diffusion_fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/stylus-diffusion/tests/fixtures")
+        .join(path)
+}
+
+#[test]
+fn retrieve_top_k_is_bounded_before_any_work() {
+    let output = stylus(&["retrieve", "--top-k", "99999999999", "a cat"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("1..=100000"),
+        "{}",
+        stderr(&output)
+    );
+    let output = stylus(&["retrieve", "--top-k", "0", "a cat"]);
+    assert_eq!(output.status.code(), Some(2));
+    // The largest allowed K gives every document once, no more.
+    let output = stylus(&["retrieve", "--json", "--top-k", "100000", "a cat"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let n = line["results"].as_array().unwrap().len();
+    assert!(n > 10 && n < 100_000, "{n}");
+    // The config file's limits too, naming the key.
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("c.toml");
+    std::fs::write(&config, "[retriever]\ntop_k = 99999999999\n").unwrap();
+    let output = stylus(&["--config", config.to_str().unwrap(), "retrieve", "a cat"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("retriever.top_k"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn merge_never_overwrites_an_existing_file_without_force() {
+    let root = tempfile::tempdir().unwrap();
+    let precious = root.path().join("precious.txt");
+    std::fs::write(&precious, "my notes").unwrap();
+    let base = diffusion_fixture("sd/tiny-ldm.safetensors");
+    let lora = diffusion_fixture("lora/kohya_lora.safetensors");
+    let merge = |extra: &[&str]| {
+        let mut args = vec![
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--out",
+            precious.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        stylus(&args)
+    };
+    let output = merge(&[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("already exists"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "my notes");
+    // A bad weight is a bad weight, not a missing file.
+    let output = stylus(&[
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--lora",
+        &format!("{}:abc", lora.display()),
+        "--out",
+        root.path().join("new.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("bad weight `abc`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!root.path().join("new.safetensors").exists());
+    // With --force the file is replaced by the merge, whole.
+    let output = merge(&["--force"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(std::fs::read(&precious).unwrap().len() > 1000);
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn generate_checks_its_arguments_before_loading_the_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    // Not a checkpoint at all: any error about it would mean it was loaded first.
+    let checkpoint = root.path().join("model.safetensors");
+    std::fs::write(&checkpoint, b"not a checkpoint").unwrap();
+    let lora = diffusion_fixture("lora/kohya_lora.safetensors");
+    let out = root.path().join("out");
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--no-select",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push("a cat");
+        stylus(&args)
+    };
+    for (extra, needle) in [
+        (&["--steps", "0"][..], "--steps 0: must be in 1..=1000"),
+        (&["--steps", "5000"][..], "1..=1000"),
+        (
+            &["--width", "513"][..],
+            "--width 513: must be a multiple of 8",
+        ),
+        (&["--height", "100000"][..], "8..=2048"),
+        (&["--cfg", "NaN"][..], "--cfg NaN"),
+        (&["--cfg", "1000"][..], "0..=50"),
+        (&["--clip-skip", "0"][..], "--clip-skip 0: must be 1"),
+        (&["--clip-skip", "50"][..], "--clip-skip 50: must be 1"),
+        (&["--sampler", "bogus"][..], "expected one of ddim"),
+        (&["--batch", "100000"][..], "1..=256"),
+    ] {
+        let output = generate(extra);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("model.safetensors"), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}");
+    }
+    // `--lora FILE:abc` is a bad weight, not a missing file.
+    let output = generate(&["--lora", &format!("{}:abc", lora.display())]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("bad weight `abc`"),
+        "{}",
+        stderr(&output)
+    );
+    // Selection without --lora-dir says what is missing.
+    let output = stylus(&[
+        "generate",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "a cat",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--lora-dir"),
+        "{}",
+        stderr(&output)
+    );
+
+    // --out naming an existing file: a clear message, the file untouched.
+    let file = root.path().join("notes.txt");
+    std::fs::write(&file, "keep").unwrap();
+    let output = stylus(&[
+        "generate",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--no-select",
+        "--out",
+        file.to_str().unwrap(),
+        "a cat",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("an existing file"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    // Images of an earlier run are not overwritten without --force.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("0000.png"), "earlier image").unwrap();
+    let output = generate(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("0000.png: already exists"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("0000.png")).unwrap(),
+        "earlier image"
+    );
+    // --negative has help text.
+    let output = stylus(&["generate", "--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    let negative = help.lines().find(|l| l.contains("--negative"));
+    assert!(
+        negative.is_some_and(|l| l.contains("Negative prompt")),
+        "{help}"
+    );
+}

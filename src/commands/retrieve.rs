@@ -14,8 +14,9 @@ pub struct Args {
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
-    /// Number of adapters per query (default: the config's top_k, 150).
-    #[arg(long)]
+    /// Number of adapters per query, 1..=100000 (default: the config's top_k, 150); at most the
+    /// store's size come back.
+    #[arg(long, value_parser = super::usize_in(stylus_core::limits::TOP_K))]
     pub top_k: Option<usize>,
     /// A file with one query per line.
     #[arg(long, value_name = "FILE", conflicts_with = "prompt")]

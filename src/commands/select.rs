@@ -39,8 +39,8 @@ pub struct Args {
     /// Mask strategy: all, one_hot_loras or one_hot_concepts (default: the config's).
     #[arg(long)]
     pub masks: Option<String>,
-    /// Sample this many masks (one per image); default: list every mask.
-    #[arg(long)]
+    /// Sample this many masks (one per image, 1..=256); default: list every mask.
+    #[arg(long, value_parser = super::usize_in(stylus_core::limits::BATCH))]
     pub batch: Option<usize>,
     /// Seed for mask sampling.
     #[arg(long, default_value_t = 0)]

@@ -23,9 +23,46 @@ impl StylusConfig {
     /// Reads a TOML file; unknown keys and wrong types are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| StylusError::io(path, e))?;
-        Self::from_toml_str(&text).map_err(|message| StylusError::Config {
+        let config = Self::from_toml_str(&text).map_err(|message| StylusError::Config {
             path: path.to_path_buf(),
             message,
+        })?;
+        config.validate().map_err(|message| StylusError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the numeric settings against [`crate::limits`]; the message names the key and the
+    /// allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let top_k = crate::limits::TOP_K;
+        if !top_k.contains(&self.retriever.top_k) {
+            return Err(format!(
+                "retriever.top_k = {}: must be in {}..={}",
+                self.retriever.top_k,
+                top_k.start(),
+                top_k.end()
+            ));
+        }
+        if self.retriever.topic_k > *top_k.end() {
+            return Err(format!(
+                "retriever.topic_k = {}: must be in 0..={}",
+                self.retriever.topic_k,
+                top_k.end()
+            ));
+        }
+        self.sampling.validate().map_err(|e| {
+            // The sampling table's keys, not the CLI flags.
+            let text = e.to_string();
+            let text = text.trim_start_matches("invalid argument: ");
+            format!(
+                "[sampling] {}",
+                text.replace("--cfg", "guidance_scale")
+                    .replace("--clip-skip", "clip_skip")
+                    .replace("--", "")
+            )
         })
     }
 

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod rng;
 pub mod selection;
+pub mod text;
 pub mod traits;
 
 pub use card::{AdapterCard, AdapterDoc, AdapterFile, AdapterStats, Category};
@@ -29,7 +30,7 @@ pub use config::{
 pub use error::{Result, StylusError};
 pub use generation::{
     AdapterMergeStats, ExplicitLora, GeneratedImage, GenerationRequest, MergeReport,
-    ResolvedAdapter, SampleJob, SamplingParams,
+    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplingParams, limits,
 };
 pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};

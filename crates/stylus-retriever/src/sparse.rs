@@ -104,7 +104,7 @@ impl Retriever for SparseRetriever {
         // and checking all of them would cost more than the search. Take the best `2k`, keep those
         // that pass, and widen while too few do. Only positive scores here: every document the
         // query does not touch scores 0 and ranks above negative ones.
-        let mut out: Vec<Candidate> = Vec::with_capacity(k);
+        let mut out: Vec<Candidate> = Vec::with_capacity(k.min(hits.len()));
         let mut window = (2 * k).min(hits.len());
         let mut checked = 0;
         let mut reached_nonpositive = false;
