@@ -31,8 +31,31 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Network clients (LLM composer, VLM refiner, OpenAI embedder, Civitai fetch): seconds one
+    /// HTTP request may take. Env: STYLUS_TIMEOUT (or STYLUS_LLM_TIMEOUT, ...); config:
+    /// [network] timeout_secs.
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    timeout: Option<f64>,
+
+    /// Network clients: retries of a failed request (0..=100). Env: STYLUS_RETRIES (or
+    /// STYLUS_LLM_RETRIES, ...); config: [network] retries.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: Option<u32>,
+
+    /// Network clients: seconds one call may take over all its attempts. Env: STYLUS_DEADLINE
+    /// (or STYLUS_LLM_DEADLINE, ...); config: [network] deadline_secs.
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    deadline: Option<f64>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +99,11 @@ fn run(cli: Cli) -> Result<(), StylusError> {
         Some(path) => StylusConfig::from_toml_file(path)?,
         None => StylusConfig::default(),
     };
+    commands::set_network_flags(stylus_core::NetworkConfig {
+        timeout_secs: cli.timeout,
+        retries: cli.retries,
+        deadline_secs: cli.deadline,
+    });
     match cli.command {
         Command::Index(args) => commands::index::run(args, &config),
         Command::Retrieve(args) => commands::retrieve::run(args, &config),

@@ -400,3 +400,87 @@ fn generate_checks_its_arguments_before_loading_the_checkpoint() {
         "{help}"
     );
 }
+
+/// A server on 127.0.0.1 that accepts connections and never answers; returns its base URL.
+fn silent_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            // Keep the connection open, say nothing.
+            held.push(stream);
+        }
+    });
+    url
+}
+
+fn select_llm(url: &str, flags: &[&str], env: &[(&str, &str)]) -> (Output, std::time::Duration) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stylus"));
+    command
+        .args(flags)
+        .args(["select", "--composer", "llm", "a cat in a hat"])
+        .env("STYLUS_LLM_BASE_URL", url)
+        .env("STYLUS_LLM_MODEL", "stub")
+        .env_remove("STYLUS_LLM_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("STYLUS_CONFIG")
+        .env_remove("RUST_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let started = std::time::Instant::now();
+    let output = command.output().unwrap();
+    (output, started.elapsed())
+}
+
+#[test]
+fn a_silent_llm_server_is_given_up_on_within_the_limits_set() {
+    let url = silent_server();
+    // From the command line: 3 s per request, no retry; progress lines while waiting.
+    let (output, took) = select_llm(&url, &["--timeout", "3", "--retries", "0"], &[]);
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(took.as_secs_f64() < 15.0, "{took:?}");
+    assert!(err.contains("timed out after 3 s"), "{err}");
+    assert!(err.contains("waiting for"), "no progress line: {err}");
+
+    // From the environment: 0.5 s per request, 5 retries, but a 2 s deadline over them all.
+    let (output, took) = select_llm(
+        &url,
+        &[],
+        &[
+            ("STYLUS_LLM_TIMEOUT", "0.5"),
+            ("STYLUS_LLM_RETRIES", "5"),
+            ("STYLUS_DEADLINE", "2"),
+        ],
+    );
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(took.as_secs_f64() < 10.0, "{took:?}");
+    assert!(err.contains("deadline of 2 s"), "{err}");
+
+    // From the config file.
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("c.toml");
+    std::fs::write(&config, "[network]\ntimeout_secs = 0.5\nretries = 0\n").unwrap();
+    let (output, took) = select_llm(&url, &["--config", config.to_str().unwrap()], &[]);
+    assert!(!output.status.success());
+    assert!(took.as_secs_f64() < 10.0, "{took:?}");
+    assert!(
+        stderr(&output).contains("timed out after 0.5 s"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A bad value is refused, naming where it came from.
+    let (output, _) = select_llm(&url, &[], &[("STYLUS_LLM_TIMEOUT", "soon")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("STYLUS_LLM_TIMEOUT=soon"),
+        "{}",
+        stderr(&output)
+    );
+    let (output, _) = select_llm(&url, &["--timeout", "-1"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -101,7 +101,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     for source in &args.civitai {
         let text = source.to_string_lossy();
         if text.starts_with("http://") || text.starts_with("https://") {
-            sources.push(runtime.block_on(fetch_live(&text, args.max_pages))?);
+            sources.push(runtime.block_on(fetch_live(&text, args.max_pages, config))?);
         } else {
             sources.push(source.clone());
         }
@@ -137,7 +137,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     }
 
     let previous = open_previous(&args.out);
-    let (refiner, concurrency) = make_refiner(&args.refiner)?;
+    let (refiner, concurrency) = make_refiner(&args.refiner, config)?;
     let mut counts = RefreshCounts::default();
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
@@ -153,7 +153,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         bar.finish_and_clear();
 
         let texts: Vec<&str> = docs.iter().map(|d| d.embedding_text.as_str()).collect();
-        let (embedder, extra_files) = make_embedder(&args.embedder, &texts).await?;
+        let (embedder, extra_files) = make_embedder(&args.embedder, &texts, config).await?;
         let bar = progress_bar(docs.len(), "embedding");
         let vectors = embed_docs(
             &docs,
@@ -205,12 +205,24 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
 }
 
 /// Fetches `GET {origin}/api/v1/models` (LoRA, SD 1.5) into the page cache; returns its folder.
-async fn fetch_live(origin: &str, max_pages: Option<usize>) -> Result<PathBuf, StylusError> {
+async fn fetch_live(
+    origin: &str,
+    max_pages: Option<usize>,
+    config: &StylusConfig,
+) -> Result<PathBuf, StylusError> {
     let home = std::env::var_os("HOME").ok_or_else(|| {
         StylusError::InvalidArgument("HOME is not set: no place for the Civitai page cache".into())
     })?;
     let cache = PathBuf::from(home).join(".cache/stylus/civitai");
-    let client = CivitaiClient::new(origin, RetryPolicy::default())?;
+    let network = super::network("CIVITAI", config)?;
+    let mut policy = RetryPolicy::default();
+    if let Some(t) = network.timeout_secs {
+        policy.timeout = std::time::Duration::from_secs_f64(t);
+    }
+    if let Some(r) = network.retries {
+        policy.max_retries = r;
+    }
+    let client = CivitaiClient::new(origin, policy)?;
     let query = ModelsQuery {
         max_pages,
         ..ModelsQuery::default()
@@ -241,11 +253,15 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
 }
 
 /// The refiner named by `--refiner`, with the number of cards to refine at once.
-fn make_refiner(spec: &str) -> Result<(Box<dyn Refiner>, usize), StylusError> {
+fn make_refiner(
+    spec: &str,
+    stylus_config: &StylusConfig,
+) -> Result<(Box<dyn Refiner>, usize), StylusError> {
     match spec.split_once(':').unwrap_or((spec, "")) {
         ("card", "") => Ok((Box::new(CardRefiner::default()), 1)),
         ("vlm", model) => {
-            let mut config = OpenAiConfig::from_env("VLM", "gpt-4o-mini");
+            let network = super::network("VLM", stylus_config)?;
+            let mut config = OpenAiConfig::from_env("VLM", "gpt-4o-mini").with_network(&network);
             if !model.is_empty() {
                 config.model = model.to_string();
             }
@@ -271,6 +287,7 @@ fn make_refiner(spec: &str) -> Result<(Box<dyn Refiner>, usize), StylusError> {
 async fn make_embedder(
     spec: &str,
     texts: &[&str],
+    stylus_config: &StylusConfig,
 ) -> Result<(Box<dyn Embedder>, Vec<stylus_refiner::store::ExtraFile>), StylusError> {
     let (kind, arg) = match spec.split_once(':') {
         Some((kind, arg)) => (kind, Some(arg)),
@@ -306,7 +323,9 @@ async fn make_embedder(
             Ok((Box::new(embedder), Vec::new()))
         }
         "openai" => {
-            let mut config = OpenAiConfig::from_env("EMBED", "text-embedding-3-small");
+            let network = super::network("EMBED", stylus_config)?;
+            let mut config =
+                OpenAiConfig::from_env("EMBED", "text-embedding-3-small").with_network(&network);
             if let Some(model) = arg {
                 config.model = model.to_string();
             }

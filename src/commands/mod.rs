@@ -10,7 +10,24 @@ pub mod merge;
 pub mod retrieve;
 pub mod select;
 
-use stylus_core::StylusError;
+use std::sync::OnceLock;
+
+use stylus_core::{NetworkConfig, StylusConfig, StylusError};
+
+/// The network flags of the command line (`--timeout`, `--retries`, `--deadline`).
+static NETWORK_FLAGS: OnceLock<NetworkConfig> = OnceLock::new();
+
+/// Records the command line's network flags (once, before the command runs).
+pub fn set_network_flags(flags: NetworkConfig) {
+    let _ = NETWORK_FLAGS.set(flags);
+}
+
+/// The network limits of the client playing `role` (`LLM`, `VLM`, `EMBED`, `CIVITAI`): the
+/// command line's flags, else the environment's, else the config's `[network]`.
+pub(crate) fn network(role: &str, config: &StylusConfig) -> Result<NetworkConfig, StylusError> {
+    let flags = NETWORK_FLAGS.get().copied().unwrap_or_default();
+    Ok(flags.or(NetworkConfig::from_env(role)?).or(config.network))
+}
 
 /// A tokio runtime for the async pipeline stages.
 pub fn runtime() -> Result<tokio::runtime::Runtime, StylusError> {

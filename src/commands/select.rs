@@ -147,7 +147,9 @@ fn build(
 
 /// The LLM composer configured from the environment (see `--help`).
 fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
-    let client = OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini"))?;
+    let network = super::network("LLM", config)?;
+    let client =
+        OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini").with_network(&network))?;
     Ok(LlmComposer::new(
         client,
         LlmComposerConfig {

@@ -24,8 +24,8 @@ pub mod traits;
 
 pub use card::{AdapterCard, AdapterDoc, AdapterFile, AdapterStats, Category};
 pub use config::{
-    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, RetrievalMode, RetrieverConfig,
-    StylusConfig,
+    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig, RetrievalMode,
+    RetrieverConfig, StylusConfig,
 };
 pub use error::{Result, StylusError};
 pub use generation::{
