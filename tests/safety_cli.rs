@@ -484,3 +484,72 @@ fn a_silent_llm_server_is_given_up_on_within_the_limits_set() {
     let (output, _) = select_llm(&url, &["--timeout", "-1"], &[]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn escapes_in_prompts_never_reach_the_terminal_or_the_topics() {
+    let prompt = "a \u{1b}[31mRED\u{1b}[0m cat\nsitting on a mat\u{7}";
+    let output = stylus(&["select", prompt]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+    assert!(text.starts_with("prompt: a RED cat sitting on a mat\n"), "{text}");
+    assert!(!text.contains("31m"), "{text}");
+    assert!(text.contains("timings: open catalog"), "{text}");
+
+    let output = stylus(&["select", "--json", prompt]);
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["prompt"], "a RED cat sitting on a mat");
+    for topic in plan["topics"].as_array().unwrap() {
+        assert!(!topic["text"].as_str().unwrap().contains("31m"), "{topic}");
+    }
+    assert!(plan["timings_ms"]["open"].as_f64().unwrap() > 0.0);
+
+    let output = stylus(&["retrieve", "--top-k", "3", prompt]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+    assert_eq!(text.lines().next(), Some("a RED cat sitting on a mat"));
+    // Only control characters: nothing is left to search for.
+    let output = stylus(&["retrieve", "\u{1b}[0m\n"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn retrieve_shows_the_evidence_behind_each_rank() {
+    let output = stylus(&["retrieve", "--json", "--top-k", "5", "a fluffy cat"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = line["results"].as_array().unwrap();
+    // BM25 scores: real, decreasing evidence, not 1/(60 + rank).
+    let bm25: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r["bm25"]["score"].as_f64())
+        .collect();
+    assert!(bm25.len() >= 2 && bm25[0] > 1.0, "{line}");
+    assert!(bm25.windows(2).all(|w| w[0] >= w[1]), "{line}");
+    assert!(results[0]["vector"]["score"].as_f64().unwrap() > 0.0);
+    for key in ["open", "embed", "retrieve"] {
+        assert!(line["timings_ms"][key].as_f64().is_some(), "{line}");
+    }
+    let output = stylus(&["retrieve", "--top-k", "5", "a fluffy cat"]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.lines().nth(1).unwrap().contains("bm25"), "{text}");
+}
+
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let root = tempfile::tempdir().unwrap();
+    let bad = root.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{{broken\n{}\n", civitai_item(7, "ink"))).unwrap();
+    let output = stylus(&[
+        "index",
+        "--civitai",
+        bad.to_str().unwrap(),
+        "--out",
+        root.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    // The malformed line is reported (a warning), once, without escape codes.
+    assert_eq!(err.matches("bad.jsonl:1").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
-use stylus_refiner::store::{StoreLock, StylusDocs};
+use stylus_refiner::store::{StoreLock, StoreVectors, StylusDocs};
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
@@ -22,6 +22,8 @@ pub(crate) struct Catalog {
     pub embedder: Arc<dyn Embedder>,
     pub retriever: Arc<dyn Retriever>,
     pub docs: Vec<Arc<AdapterDoc>>,
+    /// Milliseconds the open took (reading, verifying, building the in-memory indexes).
+    pub open_ms: f64,
 }
 
 /// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
@@ -31,6 +33,7 @@ pub(crate) fn open(
     config: &StylusConfig,
     build_hnsw: bool,
 ) -> Result<Catalog, StylusError> {
+    let started = std::time::Instant::now();
     let (embedder, docs, dense, lexical) = match index {
         Some(dir) => open_store(dir, config, build_hnsw)?,
         None if build_hnsw => {
@@ -48,10 +51,18 @@ pub(crate) fn open(
         }
     };
     let retriever = hybrid::with_mode(config.retriever.mode, dense, docs.clone(), lexical);
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(
+        store = %index.map_or("<bundled>".into(), |d| d.display().to_string()),
+        adapters = docs.len(),
+        open_ms,
+        "catalog opened"
+    );
     Ok(Catalog {
         embedder,
         retriever,
         docs,
+        open_ms,
     })
 }
 
@@ -71,12 +82,24 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     let has_index = store.manifest().files.contains_key(MANIFEST);
     // The same test `store_embedder` uses to pick the lexical embedder.
     let lexical = store.manifest().files.contains_key(IDF_FILE);
+    let count = store.len();
     let (docs, vectors) = store.into_parts();
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     if lexical && !build_hnsw {
-        let sparse = SparseRetriever::new(docs.clone(), dim, &vectors)?;
+        let sparse = match &vectors {
+            StoreVectors::Sparse {
+                indptr,
+                indices,
+                values,
+            } => SparseRetriever::from_csr(docs.clone(), dim, indptr, indices, values)?,
+            StoreVectors::Dense(dense) => SparseRetriever::new(docs.clone(), dim, dense)?,
+        };
         return Ok((embedder, docs, Arc::new(sparse), true));
     }
+    let vectors = match vectors {
+        StoreVectors::Dense(dense) => dense,
+        sparse => sparse.to_dense(count, dim),
+    };
     let vectors = VectorMatrix::new(dim, vectors)?;
     let hnsw = config.retriever.hnsw;
     let dense: Arc<dyn Retriever> = if build_hnsw {
