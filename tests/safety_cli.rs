@@ -491,8 +491,14 @@ fn escapes_in_prompts_never_reach_the_terminal_or_the_topics() {
     let output = stylus(&["select", prompt]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
-    assert!(text.starts_with("prompt: a RED cat sitting on a mat\n"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(
+        text.starts_with("prompt: a RED cat sitting on a mat\n"),
+        "{text}"
+    );
     assert!(!text.contains("31m"), "{text}");
     assert!(text.contains("timings: open catalog"), "{text}");
 
@@ -506,7 +512,10 @@ fn escapes_in_prompts_never_reach_the_terminal_or_the_topics() {
 
     let output = stylus(&["retrieve", "--top-k", "3", prompt]);
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
     assert_eq!(text.lines().next(), Some("a RED cat sitting on a mat"));
     // Only control characters: nothing is left to search for.
     let output = stylus(&["retrieve", "\u{1b}[0m\n"]);
@@ -549,7 +558,51 @@ fn logs_to_a_file_carry_no_colour_codes() {
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let err = stderr(&output);
-    // The malformed line is reported (a warning), once, without escape codes.
-    assert_eq!(err.matches("bad.jsonl:1").count(), 1, "{err}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    // The malformed line is reported once (in the summary), without escape codes.
+    assert_eq!(
+        out.matches("bad.jsonl:1").count() + err.matches("bad.jsonl:1").count(),
+        1,
+        "{out}{err}"
+    );
     assert!(!err.contains('\u{1b}'), "{err:?}");
+    // With --json, a warning on stderr (plain text), once.
+    let output = stylus(&[
+        "index",
+        "--json",
+        "--civitai",
+        bad.to_str().unwrap(),
+        "--out",
+        root.path().join("s").to_str().unwrap(),
+    ]);
+    let err = stderr(&output);
+    assert_eq!(err.matches("bad.jsonl:1").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}') && err.contains("WARN"), "{err:?}");
+}
+
+#[test]
+fn each_bad_lora_file_is_reported_once() {
+    let root = tempfile::tempdir().unwrap();
+    let loras = root.path().join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    std::fs::write(loras.join("bad.safetensors"), "garbage").unwrap();
+    std::fs::copy(
+        diffusion_fixture("lora/kohya_lora.safetensors"),
+        loras.join("good.safetensors"),
+    )
+    .unwrap();
+    let output = stylus(&[
+        "index",
+        "--lora-dir",
+        loras.to_str().unwrap(),
+        "--out",
+        root.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert_eq!(all.matches("bad.safetensors").count(), 1, "{all}");
 }

@@ -115,8 +115,12 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         malformed,
         items_read,
     } = read;
-    for err in &malformed {
-        tracing::warn!("{err}");
+    // Each problem is reported once: in the summary on stdout, or (with --json, whose summary
+    // only counts them) as a warning on stderr.
+    if args.json {
+        for err in &malformed {
+            tracing::warn!("{err}");
+        }
     }
     let filtered = CardFilter::new(&config.catalog).apply(entries);
     let cards: Vec<AdapterCard> = filtered.kept.into_iter().map(|e| e.card).collect();

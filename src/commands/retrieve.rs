@@ -45,9 +45,10 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let mut out = std::io::stdout().lock();
     for (query, vector) in queries.iter().zip(&vectors) {
         let started = std::time::Instant::now();
-        let results = catalog
-            .retriever
-            .retrieve_explained(Query::new(query, vector), k, &filter)?;
+        let results =
+            catalog
+                .retriever
+                .retrieve_explained(Query::new(query, vector), k, &filter)?;
         let timings = Timings {
             open: catalog.open_ms,
             embed: embed_ms,
@@ -142,7 +143,13 @@ fn print_table(
     for (rank, e) in results.iter().enumerate() {
         let c = &e.candidate;
         if has_bm25 {
-            write!(out, "{:>4}  {:>7}  {:>6}", rank + 1, column(e.bm25), column(e.vector))?;
+            write!(
+                out,
+                "{:>4}  {:>7}  {:>6}",
+                rank + 1,
+                column(e.bm25),
+                column(e.vector)
+            )?;
         } else {
             write!(out, "{:>4}  {:>7}", rank + 1, column(e.vector))?;
         }

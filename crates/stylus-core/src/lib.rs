@@ -37,7 +37,6 @@ pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};
 pub use plan::{PlanMask, PlanTopic, PromptBuilder, SelectionPlan, Timings, format_weight};
 pub use selection::{
     Candidate, Composition, Evidence, ExplainedCandidate, Mask, MaskStrategy, Query,
-    RetrievalFilter, Topic, TopicAdapters,
-    WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
+    RetrievalFilter, Topic, TopicAdapters, WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
 };
 pub use traits::{AdapterLocator, Composer, Embedder, Masker, Merger, Refiner, Retriever, Sampler};

@@ -288,10 +288,8 @@ pub fn read_lora_folder(dir: &Path) -> CatalogRead {
         read.items_read += 1;
         match entry_from_lora_file(&file) {
             Ok(entry) => read.entries.push(entry),
-            Err(err) => {
-                tracing::warn!(error = %err, "skipping LoRA file");
-                read.malformed.push(err);
-            }
+            // Reported by the caller (once), with the rest of `malformed`.
+            Err(err) => read.malformed.push(err),
         }
     }
     read

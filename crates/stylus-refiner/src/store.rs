@@ -105,7 +105,9 @@ impl StoreVectors {
     pub fn to_dense(&self, rows: usize, dim: usize) -> Vec<f32> {
         match self {
             Self::Dense(values) => values.clone(),
-            Self::Sparse { .. } => (0..rows).flat_map(|i| self.row(i, dim).into_owned()).collect(),
+            Self::Sparse { .. } => (0..rows)
+                .flat_map(|i| self.row(i, dim).into_owned())
+                .collect(),
         }
     }
 }
@@ -203,8 +205,8 @@ impl StylusDocs {
             docs_bytes.push(b'\n');
         }
         let nonzero = vectors.iter().filter(|v| **v != 0.0).count();
-        let sparse = !vectors.is_empty()
-            && (nonzero as f64) <= SPARSE_MAX_DENSITY * vectors.len() as f64;
+        let sparse =
+            !vectors.is_empty() && (nonzero as f64) <= SPARSE_MAX_DENSITY * vectors.len() as f64;
         let (vectors_file, vectors_bytes, vectors) = if sparse {
             let csr = StoreVectors::sparse_from_dense(dim, &vectors);
             let bytes = sparse_tensor_bytes(&csr);
@@ -353,8 +355,7 @@ impl StylusDocs {
                 manifest.embedder.dim,
             )?
         } else {
-            let (shape, vectors) =
-                read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
+            let (shape, vectors) = read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
             let expected = [manifest.count, manifest.embedder.dim];
             if shape != expected {
                 return Err(StylusError::store(
@@ -1035,13 +1036,15 @@ mod tests {
         std::fs::write(&path, sparse_tensor_bytes(&bad)).unwrap();
         let mut manifest: Manifest =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
-        manifest.files.insert(
-            SPARSE_VECTORS_FILE.to_string(),
-            hash_file(&path).unwrap(),
-        );
+        manifest
+            .files
+            .insert(SPARSE_VECTORS_FILE.to_string(), hash_file(&path).unwrap());
         write_manifest(&dir, &manifest).unwrap();
         let err = StylusDocs::open(&dir).unwrap_err().to_string();
-        assert!(err.contains(SPARSE_VECTORS_FILE) && err.contains("offsets"), "{err}");
+        assert!(
+            err.contains(SPARSE_VECTORS_FILE) && err.contains("offsets"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-pub use stylus_core::reciprocal_rank_fusion;
 use std::collections::HashMap;
+pub use stylus_core::reciprocal_rank_fusion;
 
 use stylus_core::{
-    AdapterDoc, AdapterId, Candidate, Evidence, ExplainedCandidate, Query, Result,
-    RetrievalFilter, RetrievalMode, Retriever,
+    AdapterDoc, AdapterId, Candidate, Evidence, ExplainedCandidate, Query, Result, RetrievalFilter,
+    RetrievalMode, Retriever,
 };
 
 use crate::exact::check_k;
