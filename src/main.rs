@@ -81,7 +81,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match run(cli) {
+    quiet_on_closed_stdout();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        // `println!` on a closed stdout (`stylus info f | head`): the reader's choice.
+        Err(payload) if is_closed_stdout(payload.as_ref()) => return ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // A closed stdout (`stylus select ... | head`) is the reader's choice, not a failure.
         Err(StylusError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -92,6 +100,26 @@ fn main() -> ExitCode {
             ExitCode::from(err.exit_code() as u8)
         }
     }
+}
+
+/// Whether a panic payload is `println!`'s "failed printing to stdout: Broken pipe".
+fn is_closed_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+/// Keeps the panic hook from printing a backtrace for a closed stdout (see `main`).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_closed_stdout(info.payload()) {
+            default(info);
+        }
+    }));
 }
 
 fn run(cli: Cli) -> Result<(), StylusError> {

@@ -606,3 +606,74 @@ fn each_bad_lora_file_is_reported_once() {
     );
     assert_eq!(all.matches("bad.safetensors").count(), 1, "{all}");
 }
+
+#[test]
+fn info_explains_files_it_cannot_use_and_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let text = root.path().join("notes.safetensors");
+    std::fs::write(&text, "hello, this is text\n").unwrap();
+    let output = stylus(&["info", text.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("not a safetensors file (it starts with text)"),
+        "{}",
+        stderr(&output)
+    );
+
+    let pickle = root.path().join("model.ckpt");
+    std::fs::write(&pickle, b"PK\x03\x04 zipped pickle data").unwrap();
+    let output = stylus(&["info", pickle.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("can run code"),
+        "{}",
+        stderr(&output)
+    );
+
+    let lora = std::fs::read(diffusion_fixture("lora/kohya_lora.safetensors")).unwrap();
+    let truncated = root.path().join("cut.safetensors");
+    std::fs::write(&truncated, &lora[..992]).unwrap();
+    let output = stylus(&["info", truncated.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("bytes announced, 984 present"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A valid safetensors file that is no LoRA for SD 1.x: described, then a failure.
+    let data = vec![0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    let odd = root.path().join("odd.safetensors");
+    safetensors::serialize_to_file([("something.else", view)], None, &odd).unwrap();
+    let output = stylus(&["info", odd.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("kind:"));
+    assert!(
+        stderr(&output).contains("does not load on SD 1.x"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A real SD 1.5 LoRA is described and succeeds.
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/loras/smart_falcon_4_lokr.safetensors");
+    if !real.exists() {
+        eprintln!("skipped: {} is absent", real.display());
+        return;
+    }
+    let output = stylus(&["info", real.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // A reader that stops early (`| head -1`) is no failure and no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args(["info", real.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
