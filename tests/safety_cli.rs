@@ -677,3 +677,52 @@ fn info_explains_files_it_cannot_use_and_fails() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
 }
+
+#[test]
+fn an_unchanged_reindex_reuses_everything_and_rewrites_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let store = good_store(root.path());
+    let manifest = store.join("manifest.json");
+    let before = snapshot(&store);
+    let modified = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    let catalog = root.path().join("good.jsonl");
+    let output = stylus(&[
+        "index",
+        "--json",
+        "--civitai",
+        catalog.to_str().unwrap(),
+        "--out",
+        store.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["unchanged"], true, "{summary}");
+    assert!(summary["phases_s"].as_array().is_some_and(|p| p.len() == 6));
+    assert_eq!(snapshot(&store), before);
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        modified
+    );
+
+    // One changed card: refined again, the store rewritten.
+    let mut text = std::fs::read_to_string(&catalog).unwrap();
+    text = text.replacen(
+        "watercolor style for portraits",
+        "watercolor style for landscapes",
+        1,
+    );
+    std::fs::write(&catalog, text).unwrap();
+    let output = stylus(&[
+        "index",
+        "--civitai",
+        catalog.to_str().unwrap(),
+        "--out",
+        store.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("docs written: 3") && out.contains("refined 1, reused 2"),
+        "{out}"
+    );
+    assert_ne!(snapshot(&store), before);
+}

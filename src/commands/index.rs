@@ -53,7 +53,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The run's summary (`--json` prints the first five fields).
+/// The run's summary (`--json` prints the fields not skipped).
 #[derive(Debug, Serialize)]
 struct Summary {
     cards_read: usize,
@@ -67,6 +67,35 @@ struct Summary {
     counts: RefreshCounts,
     #[serde(skip)]
     embedder_id: String,
+    /// Seconds per phase, in order.
+    phases_s: Vec<(&'static str, f64)>,
+    /// The store already held exactly this: it was left as it was.
+    unchanged: bool,
+}
+
+/// Wall-clock time of each phase of the run.
+#[derive(Debug)]
+struct Phases {
+    since: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+}
+
+impl Phases {
+    /// Ends the phase `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, (now - self.since).as_secs_f64()));
+        self.since = now;
+    }
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
@@ -94,6 +123,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         )));
     }
     let start = Instant::now();
+    let mut phases = Phases::default();
     // One writer per store: a second `stylus index` into the same --out fails here, clearly.
     let lock = StoreLock::acquire(&args.out)?;
     let runtime = super::runtime()?;
@@ -140,7 +170,9 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         ));
     }
 
+    phases.mark("read");
     let previous = open_previous(&args.out);
+    phases.mark("open previous");
     let (refiner, concurrency) = make_refiner(&args.refiner, config)?;
     let mut counts = RefreshCounts::default();
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
@@ -155,9 +187,17 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         )
         .await?;
         bar.finish_and_clear();
+        phases.mark("refine");
 
         let texts: Vec<&str> = docs.iter().map(|d| d.embedding_text.as_str()).collect();
-        let (embedder, extra_files) = make_embedder(&args.embedder, &texts, config).await?;
+        // Every document reused, none added or dropped: the corpus is the previous store's, so
+        // is its lexical IDF table (no refit).
+        let same_corpus = previous
+            .as_ref()
+            .filter(|p| counts.docs_refined == 0 && p.len() == docs.len());
+        let (embedder, extra_files) =
+            make_embedder(&args.embedder, &texts, config, same_corpus).await?;
+        phases.mark("load embedder");
         let bar = progress_bar(docs.len(), "embedding");
         let vectors = embed_docs(
             &docs,
@@ -168,20 +208,36 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         )
         .await?;
         bar.finish_and_clear();
+        phases.mark("embed");
         Ok::<_, StylusError>((docs, vectors, embedder.id(), embedder.dim(), extra_files))
     })?;
     let kept = docs.len();
-    StylusDocs::write(
-        &args.out,
-        NewStore {
-            embedder_id: embedder_id.clone(),
-            dim,
-            docs,
-            vectors,
-            extra_files,
-        },
-    )?;
+    let unchanged = previous.as_ref().is_some_and(|p| {
+        counts.docs_refined == 0
+            && counts.vectors_embedded == 0
+            && p.embedder_id() == embedder_id
+            && p.dim() == dim
+            && p.docs() == docs.as_slice()
+            && same_extra_files(p, &extra_files)
+    });
+    drop(previous);
+    if unchanged {
+        // Same documents in the same order, same vectors and files: nothing to write.
+        tracing::debug!(store = %args.out.display(), "store unchanged, not rewritten");
+    } else {
+        StylusDocs::write(
+            &args.out,
+            NewStore {
+                embedder_id: embedder_id.clone(),
+                dim,
+                docs,
+                vectors,
+                extra_files,
+            },
+        )?;
+    }
     drop(lock);
+    phases.mark("write");
 
     let summary = Summary {
         cards_read: items_read,
@@ -196,6 +252,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         malformed_messages: malformed.iter().map(ToString::to_string).collect(),
         counts,
         embedder_id,
+        phases_s: phases.done,
+        unchanged,
     };
     if args.json {
         println!(
@@ -287,11 +345,19 @@ fn make_refiner(
     }
 }
 
-/// The embedder named by `--embedder`, with the files it stores next to the vectors.
+/// Whether the store already holds exactly these extra files (by size and sha256).
+fn same_extra_files(store: &StylusDocs, files: &[stylus_refiner::store::ExtraFile]) -> bool {
+    files.iter().all(|f| store.holds_file(&f.name, &f.bytes))
+}
+
+/// The embedder named by `--embedder`, with the files it stores next to the vectors. With
+/// `same_corpus` (a store built from the same embedding texts), a lexical embedder is loaded
+/// from that store instead of refitted.
 async fn make_embedder(
     spec: &str,
     texts: &[&str],
     stylus_config: &StylusConfig,
+    same_corpus: Option<&StylusDocs>,
 ) -> Result<(Box<dyn Embedder>, Vec<stylus_refiner::store::ExtraFile>), StylusError> {
     let (kind, arg) = match spec.split_once(':') {
         Some((kind, arg)) => (kind, Some(arg)),
@@ -306,7 +372,13 @@ async fn make_embedder(
                 None => DEFAULT_DIM,
             };
             // The IDF table is fitted on this corpus and stored with it.
-            let embedder = LexicalEmbedder::fit(texts, dim)?;
+            let reused = same_corpus
+                .filter(|p| p.dim() == dim)
+                .and_then(|p| LexicalEmbedder::from_store(p).ok());
+            let embedder = match reused {
+                Some(embedder) => embedder,
+                None => LexicalEmbedder::fit(texts, dim)?,
+            };
             let files = vec![embedder.store_file()];
             Ok((Box::new(embedder), files))
         }
@@ -370,7 +442,12 @@ fn print_summary(summary: &Summary, out: &Path) {
     }
     let c = &summary.counts;
     println!(
-        "docs written: {} to {} (refined {}, reused {}; embedded {}, reused {}; embedder {})",
+        "docs {}: {} to {} (refined {}, reused {}; embedded {}, reused {}; embedder {})",
+        if summary.unchanged {
+            "unchanged"
+        } else {
+            "written"
+        },
         summary.kept,
         out.display(),
         c.docs_refined,
@@ -379,5 +456,14 @@ fn print_summary(summary: &Summary, out: &Path) {
         c.vectors_reused,
         summary.embedder_id
     );
-    println!("time:         {:.2} s", summary.seconds);
+    let phases: Vec<String> = summary
+        .phases_s
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.2} s"))
+        .collect();
+    println!(
+        "time:         {:.2} s ({})",
+        summary.seconds,
+        phases.join(", ")
+    );
 }

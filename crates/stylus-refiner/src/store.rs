@@ -473,6 +473,13 @@ impl StylusDocs {
         self.by_id.get(id).copied()
     }
 
+    /// Whether the manifest lists file `name` with exactly these bytes (size and sha256).
+    pub fn holds_file(&self, name: &str, bytes: &[u8]) -> bool {
+        self.manifest.files.get(name).is_some_and(|entry| {
+            entry.bytes == bytes.len() as u64 && entry.sha256 == hex::encode(Sha256::digest(bytes))
+        })
+    }
+
     /// The path of a file the manifest lists (verified when the store was opened).
     pub fn file_path(&self, name: &str) -> Option<PathBuf> {
         self.manifest
@@ -491,7 +498,8 @@ impl StylusDocs {
     pub fn reusable_doc(&self, card: &AdapterCard, refiner_id: &str) -> Option<usize> {
         let index = self.position(&card.id)?;
         let doc = &self.docs[index];
-        (doc.refiner == refiner_id && card_hash(&doc.card) == card_hash(card)).then_some(index)
+        // Field-by-field equality: what the card hash compares, without serializing both cards.
+        (doc.refiner == refiner_id && doc.card == *card).then_some(index)
     }
 }
 
