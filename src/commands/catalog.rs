@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
-use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
+use stylus_refiner::bert::{BertEmbedder, default_minilm_dir, same_embedder};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
 use stylus_refiner::store::{StoreLock, StoreVectors, StylusDocs};
 use stylus_retriever::persist::MANIFEST;
@@ -121,17 +121,39 @@ pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, St
     if store.manifest().files.contains_key(IDF_FILE) {
         return Ok(Arc::new(LexicalEmbedder::from_store(store)?));
     }
-    if let Some(dir) = default_minilm_dir().filter(|d| d.is_dir()) {
-        let bert = BertEmbedder::from_dir(&dir)?;
-        if bert.id() == store.embedder_id() {
-            return Ok(Arc::new(bert));
+    if store.embedder_id().starts_with("bert:") {
+        // The id names the model, not its folder: any copy of it will do.
+        let mut tried = Vec::new();
+        let candidates = default_minilm_dir()
+            .filter(|d| d.is_dir())
+            .map(|dir| BertEmbedder::from_dir(&dir))
+            .into_iter()
+            .chain(std::iter::once_with(|| {
+                BertEmbedder::from_hf_cache("sentence-transformers/all-MiniLM-L6-v2")
+            }));
+        for candidate in candidates {
+            match candidate {
+                Ok(bert) if same_embedder(&bert.id(), store.embedder_id()) => {
+                    return Ok(Arc::new(bert));
+                }
+                Ok(bert) => tried.push(format!("{} (another model)", bert.id())),
+                Err(err) => tried.push(err.to_string()),
+            }
         }
+        return Err(StylusError::store(
+            store.dir(),
+            format!(
+                "vectors come from embedder `{}`, which is not found here (tried: {}). Install \
+                 the model with tools/fetch-minilm.sh or set STYLUS_MINILM_DIR to its folder",
+                store.embedder_id(),
+                tried.join("; ")
+            ),
+        ));
     }
     Err(StylusError::store(
         store.dir(),
         format!(
-            "vectors come from embedder `{}`, which is not available here (set STYLUS_MINILM_DIR \
-             for a MiniLM store)",
+            "vectors come from embedder `{}`, which this build cannot load for queries",
             store.embedder_id()
         ),
     ))

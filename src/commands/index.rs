@@ -104,6 +104,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             "nothing to index: give --civitai <file|dir> and/or --lora-dir <dir>".into(),
         ));
     }
+    check_embedder_spec(&args.embedder)?;
     // Every local source must exist: a typo must not turn into an empty store.
     for source in &args.civitai {
         let text = source.to_string_lossy();
@@ -384,7 +385,7 @@ async fn make_embedder(
         }
         "bert" => {
             let embedder = match arg {
-                Some(location) => BertEmbedder::<CpuBackend>::open(location)?,
+                Some(location) => BertEmbedder::<CpuBackend>::open(&expand_tilde(location))?,
                 None => {
                     let dir = default_minilm_dir().ok_or_else(|| {
                         StylusError::InvalidArgument(
@@ -411,6 +412,52 @@ async fn make_embedder(
             Ok((Box::new(embedder), Vec::new()))
         }
         other => Err(StylusError::InvalidArgument(format!(
+            "--embedder {other}: expected lexical[:DIM], bert[:DIR] or openai[:MODEL]"
+        ))),
+    }
+}
+
+/// `~/x` as `$HOME/x` (a shell leaves `bert:~/x` alone: the `~` is not at a word's start).
+fn expand_tilde(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest).display().to_string(),
+        _ if path == "~" => std::env::var("HOME").unwrap_or_else(|_| path.to_string()),
+        _ => path.to_string(),
+    }
+}
+
+/// Checks `--embedder` before any work: the kind is known, a lexical dimension is a number, a
+/// BERT model folder holds a model (the error says how to get one).
+fn check_embedder_spec(spec: &str) -> Result<(), StylusError> {
+    let (kind, arg) = match spec.split_once(':') {
+        Some((kind, arg)) => (kind, Some(arg)),
+        None => (spec, None),
+    };
+    match (kind, arg) {
+        ("lexical", None) | ("openai", _) => Ok(()),
+        ("lexical", Some(dim)) => match dim.parse::<usize>() {
+            Ok(d) if (16..=1 << 20).contains(&d) => Ok(()),
+            _ => Err(StylusError::InvalidArgument(format!(
+                "--embedder lexical:{dim}: the dimension must be a number in 16..=1048576"
+            ))),
+        },
+        ("bert", Some(location)) => {
+            let location = expand_tilde(location);
+            let path = Path::new(&location);
+            if path.is_dir() || path.is_absolute() || location.starts_with('.') {
+                stylus_refiner::bert::check_model_dir(path)
+            } else {
+                Ok(()) // a Hugging Face repo id, looked up when the embedder loads
+            }
+        }
+        ("bert", None) => match default_minilm_dir() {
+            Some(dir) => stylus_refiner::bert::check_model_dir(&dir),
+            None => Err(StylusError::InvalidArgument(
+                "--embedder bert: no model directory; give bert:DIR or set STYLUS_MINILM_DIR"
+                    .into(),
+            )),
+        },
+        (other, _) => Err(StylusError::InvalidArgument(format!(
             "--embedder {other}: expected lexical[:DIM], bert[:DIR] or openai[:MODEL]"
         ))),
     }
