@@ -726,3 +726,26 @@ fn an_unchanged_reindex_reuses_everything_and_rewrites_nothing() {
     );
     assert_ne!(snapshot(&store), before);
 }
+
+#[test]
+fn a_missing_embedding_model_is_explained_before_any_work() {
+    let root = tempfile::tempdir().unwrap();
+    let store = good_store(root.path());
+    let before = snapshot(&store);
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args(["index", "--embedder", "bert:~/no-such-model", "--civitai"])
+        .arg(root.path().join("good.jsonl"))
+        .arg("--out")
+        .arg(&store)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(started.elapsed().as_secs_f64() < 5.0);
+    // `~` expanded, the missing files named, the way to get the model given.
+    assert!(err.contains(&format!("{}/no-such-model", root.path().display())), "{err}");
+    assert!(err.contains("config.json") && err.contains("tools/fetch-minilm.sh"), "{err}");
+    assert_eq!(snapshot(&store), before);
+}
