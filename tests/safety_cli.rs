@@ -745,7 +745,13 @@ fn a_missing_embedding_model_is_explained_before_any_work() {
     assert!(!output.status.success(), "{err}");
     assert!(started.elapsed().as_secs_f64() < 5.0);
     // `~` expanded, the missing files named, the way to get the model given.
-    assert!(err.contains(&format!("{}/no-such-model", root.path().display())), "{err}");
-    assert!(err.contains("config.json") && err.contains("tools/fetch-minilm.sh"), "{err}");
+    assert!(
+        err.contains(&format!("{}/no-such-model", root.path().display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("config.json") && err.contains("tools/fetch-minilm.sh"),
+        "{err}"
+    );
     assert_eq!(snapshot(&store), before);
 }
