@@ -1056,6 +1056,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_waits_out_a_writer_caught_mid_swap() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        StylusDocs::write(&dir, new_store(2)).unwrap();
+        let lock = StoreLock::acquire(&dir).unwrap();
+        // A second writer fails at once, naming the lock.
+        let err = StoreLock::acquire(&dir).unwrap_err().to_string();
+        assert!(err.contains("another stylus process"), "{err}");
+        // The writer between its two renames: no store at `dir` for a moment.
+        let aside = root.path().join(".store.old");
+        std::fs::rename(&dir, &aside).unwrap();
+        let writer = std::thread::spawn({
+            let (dir, aside) = (dir.clone(), aside.clone());
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::rename(&aside, &dir).unwrap();
+                drop(lock);
+            }
+        });
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.len(), 2);
+        writer.join().unwrap();
+        // The lock file is gone with its holder; the next writer gets it.
+        assert!(!StoreLock::path_for(&dir).unwrap().exists());
+        drop(StoreLock::acquire(&dir).unwrap());
+        // Without a writer, a broken store is an error at once.
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(StylusDocs::open(&dir).is_err());
+    }
+
+    #[test]
     fn empty_store_round_trips() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("empty");
