@@ -36,9 +36,7 @@ fn sh_lines(markdown: &str) -> Vec<String> {
 fn skip_reason(command: &str) -> Option<&'static str> {
     if command.starts_with("cargo test") {
         Some("the test suite itself")
-    } else if command.contains(" generate ") {
-        Some("needs an SD 1.5 checkpoint (GPU-sized)")
-    } else if command.contains(" merge ") {
+    } else if command.contains(" generate ") || command.contains(" merge ") {
         Some("needs an SD 1.5 checkpoint (GPU-sized)")
     } else if command.contains("--refiner vlm") || command.contains("--embedder openai") {
         Some("needs a network service")

@@ -108,7 +108,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     // Every local source must exist: a typo must not turn into an empty store.
     for source in &args.civitai {
         let text = source.to_string_lossy();
-        if !(text.starts_with("http://") || text.starts_with("https://")) && !source.exists() {
+        let remote = text.starts_with("http://") || text.starts_with("https://");
+        if !remote && !source.exists() {
             return Err(StylusError::InvalidArgument(format!(
                 "--civitai {}: no such file or directory (nothing was written)",
                 source.display()

@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn bundled_select_gives_the_plan_of_the_issue() {
         let config = StylusConfig::default();
-        let stylus = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
+        let (stylus, _) = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
         let options = SelectOptions {
             batch: Some(3),
             seed: 1,
@@ -316,7 +316,7 @@ mod tests {
         ] {
             let mut config = StylusConfig::default();
             config.retriever.mode = mode;
-            let stylus = build(&args("x"), &config, MaskStrategy::All).unwrap();
+            let (stylus, _) = build(&args("x"), &config, MaskStrategy::All).unwrap();
             let plan = super::super::runtime()
                 .unwrap()
                 .block_on(stylus.select("a man riding a cat in the rain, watercolor"))

@@ -429,10 +429,11 @@ fn verb_lemma(w: &str) -> Option<String> {
                 return Some(lemma);
             }
             // Doubled consonant: "wrapped" -> "wrap".
-            if suffix == "ed" && replacement.is_empty() {
-                if let Some(lemma) = undouble(stem).filter(|lemma| VERBS.contains(lemma)) {
-                    return Some(lemma.to_string());
-                }
+            if suffix == "ed"
+                && replacement.is_empty()
+                && let Some(lemma) = undouble(stem).filter(|lemma| VERBS.contains(lemma))
+            {
+                return Some(lemma.to_string());
             }
         }
     }

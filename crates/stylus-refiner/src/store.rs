@@ -59,20 +59,7 @@ pub enum StoreVectors {
 impl StoreVectors {
     /// The CSR form of dense rows of `dim` values.
     pub fn sparse_from_dense(dim: usize, dense: &[f32]) -> Self {
-        let rows = dense.len() / dim.max(1);
-        let mut indptr = Vec::with_capacity(rows + 1);
-        let mut indices = Vec::new();
-        let mut values = Vec::new();
-        indptr.push(0);
-        for row in dense.chunks_exact(dim.max(1)) {
-            for (d, &v) in row.iter().enumerate() {
-                if v != 0.0 {
-                    indices.push(d as u32);
-                    values.push(v);
-                }
-            }
-            indptr.push(indices.len() as u64);
-        }
+        let (indptr, indices, values) = csr_of(dim, dense);
         Self::Sparse {
             indptr,
             indices,
@@ -208,8 +195,13 @@ impl StylusDocs {
         let sparse =
             !vectors.is_empty() && (nonzero as f64) <= SPARSE_MAX_DENSITY * vectors.len() as f64;
         let (vectors_file, vectors_bytes, vectors) = if sparse {
-            let csr = StoreVectors::sparse_from_dense(dim, &vectors);
-            let bytes = sparse_tensor_bytes(&csr);
+            let (indptr, indices, values) = csr_of(dim, &vectors);
+            let bytes = sparse_tensor_bytes(&indptr, &indices, &values);
+            let csr = StoreVectors::Sparse {
+                indptr,
+                indices,
+                values,
+            };
             (SPARSE_VECTORS_FILE, bytes, csr)
         } else {
             let bytes = f32_tensor_bytes(VECTORS_TENSOR, &[docs.len(), dim], &vectors);
@@ -655,16 +647,27 @@ pub fn f32_tensor_bytes(name: &str, shape: &[usize], data: &[f32]) -> Vec<u8> {
     safetensors::serialize([(name, view)], None).expect("one small header always serializes")
 }
 
+/// Row offsets, dimensions and values of the non-zeros of dense rows of `dim` values.
+fn csr_of(dim: usize, dense: &[f32]) -> (Vec<u64>, Vec<u32>, Vec<f32>) {
+    let rows = dense.len() / dim.max(1);
+    let mut indptr = Vec::with_capacity(rows + 1);
+    let mut indices = Vec::new();
+    let mut values = Vec::new();
+    indptr.push(0);
+    for row in dense.chunks_exact(dim.max(1)) {
+        for (d, &v) in row.iter().enumerate() {
+            if v != 0.0 {
+                indices.push(d as u32);
+                values.push(v);
+            }
+        }
+        indptr.push(indices.len() as u64);
+    }
+    (indptr, indices, values)
+}
+
 /// The safetensors file of sparse vectors (`indptr`, `indices`, `values`).
-fn sparse_tensor_bytes(vectors: &StoreVectors) -> Vec<u8> {
-    let StoreVectors::Sparse {
-        indptr,
-        indices,
-        values,
-    } = vectors
-    else {
-        unreachable!("called with sparse vectors only")
-    };
+fn sparse_tensor_bytes(indptr: &[u64], indices: &[u32], values: &[f32]) -> Vec<u8> {
     let indptr_bytes: Vec<u8> = indptr.iter().flat_map(|v| v.to_le_bytes()).collect();
     let indices_bytes: Vec<u8> = indices.iter().flat_map(|v| v.to_le_bytes()).collect();
     let values_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1043,12 +1046,8 @@ mod tests {
 
         // A damaged offset table is an error naming the file (checksums fixed up to reach it).
         let path = dir.join(SPARSE_VECTORS_FILE);
-        let bad = StoreVectors::Sparse {
-            indptr: vec![0, 2, 1, 3, 4],
-            indices: vec![3, 49, 0, 7],
-            values: vec![0.5, -1.0, 2.0, 0.25],
-        };
-        std::fs::write(&path, sparse_tensor_bytes(&bad)).unwrap();
+        let bad = sparse_tensor_bytes(&[0, 2, 1, 3, 4], &[3, 49, 0, 7], &[0.5, -1.0, 2.0, 0.25]);
+        std::fs::write(&path, bad).unwrap();
         let mut manifest: Manifest =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
         manifest

@@ -82,8 +82,7 @@ impl LexicalIndex {
         let per_doc: Vec<(Vec<(String, f32)>, f32)> = docs
             .par_iter()
             .map(|doc| {
-                let mut tf: HashMap<String, f32, foldhash::fast::RandomState> =
-                    HashMap::default();
+                let mut tf: HashMap<String, f32, foldhash::fast::RandomState> = HashMap::default();
                 let card = &doc.card;
                 let fields = [
                     (card.title.as_str(), config.title_weight),
