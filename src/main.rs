@@ -31,8 +31,31 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Network clients (LLM composer, VLM refiner, OpenAI embedder, Civitai fetch): seconds one
+    /// HTTP request may take. Env: STYLUS_TIMEOUT (or STYLUS_LLM_TIMEOUT, ...); config:
+    /// [network] timeout_secs.
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    timeout: Option<f64>,
+
+    /// Network clients: retries of a failed request (0..=100). Env: STYLUS_RETRIES (or
+    /// STYLUS_LLM_RETRIES, ...); config: [network] retries.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: Option<u32>,
+
+    /// Network clients: seconds one call may take over all its attempts. Env: STYLUS_DEADLINE
+    /// (or STYLUS_LLM_DEADLINE, ...); config: [network] deadline_secs.
+    #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
+    deadline: Option<f64>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +81,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match run(cli) {
+    quiet_on_closed_stdout();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        // `println!` on a closed stdout (`stylus info f | head`): the reader's choice.
+        Err(payload) if is_closed_stdout(payload.as_ref()) => return ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // A closed stdout (`stylus select ... | head`) is the reader's choice, not a failure.
         Err(StylusError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -71,11 +102,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether a panic payload is `println!`'s "failed printing to stdout: Broken pipe".
+fn is_closed_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+/// Keeps the panic hook from printing a backtrace for a closed stdout (see `main`).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_closed_stdout(info.payload()) {
+            default(info);
+        }
+    }));
+}
+
 fn run(cli: Cli) -> Result<(), StylusError> {
     let config = match &cli.config {
         Some(path) => StylusConfig::from_toml_file(path)?,
         None => StylusConfig::default(),
     };
+    commands::set_network_flags(stylus_core::NetworkConfig {
+        timeout_secs: cli.timeout,
+        retries: cli.retries,
+        deadline_secs: cli.deadline,
+    });
     match cli.command {
         Command::Index(args) => commands::index::run(args, &config),
         Command::Retrieve(args) => commands::retrieve::run(args, &config),
@@ -99,5 +155,15 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colors(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
+}
+
+/// Colour codes only for a terminal, and not when `NO_COLOR` is set to anything non-empty
+/// (https://no-color.org).
+fn log_colors(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }

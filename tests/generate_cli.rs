@@ -164,7 +164,7 @@ fn generate_refuses_bad_input_with_clear_errors() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("multiples of 8"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("multiple of 8"));
 
     let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
         .args(["generate", "--checkpoint"])
@@ -203,13 +203,19 @@ fn generate_selects_merges_and_records_adapters() {
         }
         command.arg("--out").arg(out).arg("a cat").output().unwrap()
     };
+    // Without --lora-dir: said before the checkpoint is loaded.
     let output = run(&dir.path().join("missing"), &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("download them first"), "{stderr}");
+    assert!(stderr.contains("give --lora-dir"), "{stderr}");
 
+    // A folder without the selected files: the error lists what to download.
     let loras = dir.path().join("loras");
     std::fs::create_dir(&loras).unwrap();
+    let output = run(&dir.path().join("missing"), &[&loras]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("download them first"), "{stderr}");
     for (alias, fixture) in [
         ("stylus_tabby_cat", "kohya_lora"),
         ("stylus_fluffy_cats", "kohya_locon"),

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
-use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
+use stylus_refiner::bert::{BertEmbedder, default_minilm_dir, same_embedder};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
-use stylus_refiner::store::StylusDocs;
+use stylus_refiner::store::{StoreLock, StoreVectors, StylusDocs};
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
 
@@ -22,6 +22,8 @@ pub(crate) struct Catalog {
     pub embedder: Arc<dyn Embedder>,
     pub retriever: Arc<dyn Retriever>,
     pub docs: Vec<Arc<AdapterDoc>>,
+    /// Milliseconds the open took (reading, verifying, building the in-memory indexes).
+    pub open_ms: f64,
 }
 
 /// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
@@ -31,6 +33,7 @@ pub(crate) fn open(
     config: &StylusConfig,
     build_hnsw: bool,
 ) -> Result<Catalog, StylusError> {
+    let started = std::time::Instant::now();
     let (embedder, docs, dense, lexical) = match index {
         Some(dir) => open_store(dir, config, build_hnsw)?,
         None if build_hnsw => {
@@ -48,10 +51,18 @@ pub(crate) fn open(
         }
     };
     let retriever = hybrid::with_mode(config.retriever.mode, dense, docs.clone(), lexical);
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(
+        store = %index.map_or("<bundled>".into(), |d| d.display().to_string()),
+        adapters = docs.len(),
+        open_ms,
+        "catalog opened"
+    );
     Ok(Catalog {
         embedder,
         retriever,
         docs,
+        open_ms,
     })
 }
 
@@ -71,12 +82,24 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     let has_index = store.manifest().files.contains_key(MANIFEST);
     // The same test `store_embedder` uses to pick the lexical embedder.
     let lexical = store.manifest().files.contains_key(IDF_FILE);
+    let count = store.len();
     let (docs, vectors) = store.into_parts();
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     if lexical && !build_hnsw {
-        let sparse = SparseRetriever::new(docs.clone(), dim, &vectors)?;
+        let sparse = match &vectors {
+            StoreVectors::Sparse {
+                indptr,
+                indices,
+                values,
+            } => SparseRetriever::from_csr(docs.clone(), dim, indptr, indices, values)?,
+            StoreVectors::Dense(dense) => SparseRetriever::new(docs.clone(), dim, dense)?,
+        };
         return Ok((embedder, docs, Arc::new(sparse), true));
     }
+    let vectors = match vectors {
+        StoreVectors::Dense(dense) => dense,
+        sparse => sparse.to_dense(count, dim),
+    };
     let vectors = VectorMatrix::new(dim, vectors)?;
     let hnsw = config.retriever.hnsw;
     let dense: Arc<dyn Retriever> = if build_hnsw {
@@ -98,17 +121,39 @@ pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, St
     if store.manifest().files.contains_key(IDF_FILE) {
         return Ok(Arc::new(LexicalEmbedder::from_store(store)?));
     }
-    if let Some(dir) = default_minilm_dir().filter(|d| d.is_dir()) {
-        let bert = BertEmbedder::from_dir(&dir)?;
-        if bert.id() == store.embedder_id() {
-            return Ok(Arc::new(bert));
+    if store.embedder_id().starts_with("bert:") {
+        // The id names the model, not its folder: any copy of it will do.
+        let mut tried = Vec::new();
+        let candidates = default_minilm_dir()
+            .filter(|d| d.is_dir())
+            .map(|dir| BertEmbedder::from_dir(&dir))
+            .into_iter()
+            .chain(std::iter::once_with(|| {
+                BertEmbedder::from_hf_cache("sentence-transformers/all-MiniLM-L6-v2")
+            }));
+        for candidate in candidates {
+            match candidate {
+                Ok(bert) if same_embedder(&bert.id(), store.embedder_id()) => {
+                    return Ok(Arc::new(bert));
+                }
+                Ok(bert) => tried.push(format!("{} (another model)", bert.id())),
+                Err(err) => tried.push(err.to_string()),
+            }
         }
+        return Err(StylusError::store(
+            store.dir(),
+            format!(
+                "vectors come from embedder `{}`, which is not found here (tried: {}). Install \
+                 the model with tools/fetch-minilm.sh or set STYLUS_MINILM_DIR to its folder",
+                store.embedder_id(),
+                tried.join("; ")
+            ),
+        ));
     }
     Err(StylusError::store(
         store.dir(),
         format!(
-            "vectors come from embedder `{}`, which is not available here (set STYLUS_MINILM_DIR \
-             for a MiniLM store)",
+            "vectors come from embedder `{}`, which this build cannot load for queries",
             store.embedder_id()
         ),
     ))
@@ -116,6 +161,7 @@ pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, St
 
 /// Saves the index next to the store and registers its files in the store manifest.
 fn save_into_store(index: &HnswRetriever, store_dir: &Path) -> Result<(), StylusError> {
+    let _lock = StoreLock::acquire(store_dir)?;
     let tmp = std::env::temp_dir().join(format!("stylus-hnsw-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| StylusError::io(&tmp, e))?;
     let saved = index.save(&tmp).and_then(|paths| {

@@ -41,8 +41,8 @@ pub struct Args {
     /// Skip adapter selection.
     #[arg(long)]
     pub no_select: bool,
-    /// Number of images.
-    #[arg(long, default_value_t = 1)]
+    /// Number of images (1..=256).
+    #[arg(long, default_value_t = 1, value_parser = super::usize_in(stylus_core::limits::BATCH))]
     pub batch: usize,
     /// Sampling steps (default: the config's, 35).
     #[arg(long)]
@@ -66,6 +66,7 @@ pub struct Args {
     /// Seed; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Negative prompt: what the images should not show (e.g. "blurry, low quality").
     #[arg(long, default_value = "")]
     pub negative: String,
     /// Initial latents: safetensors with one tensor `latents` [batch, 4, h/8, w/8].
@@ -77,14 +78,21 @@ pub struct Args {
     /// cpu, wgpu or cuda (GPU ones need the matching build feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Output directory for NNNN.png and plan.json.
+    /// Output directory for NNNN.png and plan.json (created; existing images are never
+    /// overwritten without --force).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Overwrite existing NNNN.png, plan.json and --save-latents files.
+    #[arg(long)]
+    pub force: bool,
     /// The prompt.
     pub prompt: String,
 }
 
-pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+pub fn run(mut args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+    // One line, no terminal escapes: what the pipeline, plan.json and the PNG text get.
+    args.prompt = stylus_core::text::clean_prompt(&args.prompt);
+    args.negative = stylus_core::text::clean_prompt(&args.negative);
     match args.device.as_str() {
         "cpu" => generate::<stylus_diffusion::backend::CpuBackend>(
             &args,
@@ -154,6 +162,11 @@ fn generate<B: Backend>(
             "--batch must be at least 1".into(),
         ));
     }
+    if args.prompt.is_empty() {
+        return Err(StylusError::InvalidArgument(
+            "the prompt is empty (after removing control characters)".into(),
+        ));
+    }
     let explicit = args
         .lora
         .iter()
@@ -169,6 +182,30 @@ fn generate<B: Backend>(
         height: args.height.unwrap_or(defaults.height),
         clip_skip: args.clip_skip.unwrap_or(defaults.clip_skip),
     };
+    // Everything is checked before the checkpoint is loaded (seconds to minutes).
+    sampling.validate()?;
+    if selecting && args.lora_dir.is_none() {
+        return Err(StylusError::InvalidArgument(
+            "selection picks adapters from the catalog and needs their files: give --lora-dir \
+             DIR (a folder with the LoRA files), or --lora FILE[:W] / --no-select"
+                .into(),
+        ));
+    }
+    if let Some(dir) = &args.lora_dir
+        && !dir.is_dir()
+    {
+        return Err(StylusError::InvalidArgument(format!(
+            "--lora-dir {}: not a directory",
+            dir.display()
+        )));
+    }
+    if !args.checkpoint.exists() {
+        return Err(StylusError::InvalidArgument(format!(
+            "--checkpoint {}: no such file or directory",
+            args.checkpoint.display()
+        )));
+    }
+    check_outputs(args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| StylusError::io(&args.out, e))?;
 
     let (model, _report) = StableDiffusion::<B>::load(&args.checkpoint, &device, DType::F32)?;
@@ -356,28 +393,33 @@ fn adapter_path(
     found.ok_or_else(|| StylusError::adapter(&adapter.id, "merged, but its file is gone"))
 }
 
-/// `FILE[:WEIGHT]`; the weight is what follows the last `:` when it parses as a number (so
-/// Windows drive letters and colons in names survive).
+/// `FILE[:WEIGHT]` (see [`super::parse_lora_spec`]).
 fn parse_lora(spec: &str) -> Result<ExplicitLora, StylusError> {
-    let (path, weight) = match spec.rsplit_once(':') {
-        Some((path, weight)) if !path.is_empty() && weight.parse::<f32>().is_ok() => {
-            (path, weight.parse::<f32>().expect("checked above"))
-        }
-        _ => (spec, 1.0),
-    };
-    if !weight.is_finite() {
+    let (path, weight) = super::parse_lora_spec(spec)?;
+    Ok(ExplicitLora { path, weight })
+}
+
+/// `--out` must be a folder (or not exist yet), and no file this run writes may exist unless
+/// `--force`.
+fn check_outputs(args: &Args) -> Result<(), StylusError> {
+    if args.out.exists() && !args.out.is_dir() {
         return Err(StylusError::InvalidArgument(format!(
-            "--lora {spec}: the weight must be finite"
+            "--out {}: an existing file; generate writes a folder (NNNN.png and plan.json), give \
+             a folder path",
+            args.out.display()
         )));
     }
-    let path = PathBuf::from(path);
-    if !path.is_file() {
-        return Err(StylusError::adapter(
-            &AdapterId::Local(path.display().to_string()),
-            "--lora: no such file",
-        ));
+    let mut outputs: Vec<PathBuf> = (0..args.batch)
+        .map(|i| args.out.join(format!("{i:04}.png")))
+        .collect();
+    outputs.push(args.out.join("plan.json"));
+    for path in &outputs {
+        super::refuse_overwrite(path, "--out", args.force)?;
     }
-    Ok(ExplicitLora { path, weight })
+    if let Some(path) = &args.save_latents {
+        super::refuse_overwrite(path, "--save-latents", args.force)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -394,5 +436,21 @@ mod tests {
         let weighted = parse_lora(&format!("{spec}:0.6")).unwrap();
         assert_eq!((weighted.path, weighted.weight), (file, 0.6));
         assert!(parse_lora("/no/such.safetensors:1").is_err());
+        // A weight that is not a number is a bad weight, not a missing file.
+        let err = parse_lora(&format!("{spec}:abc")).unwrap_err().to_string();
+        assert!(err.contains("bad weight `abc`"), "{err}");
+        let err = parse_lora(&format!("{spec}:1e9")).unwrap_err().to_string();
+        assert!(err.contains("outside -10..=10"), "{err}");
+        assert!(parse_lora(&format!("{spec}:inf")).is_err());
+        assert_eq!(parse_lora(&format!("{spec}:-1")).unwrap().weight, -1.0);
+        // A path with a colon in a folder name and no weight.
+        let nested = dir.path().join("x:y");
+        std::fs::create_dir(&nested).unwrap();
+        let inner = nested.join("l.safetensors");
+        std::fs::write(&inner, b"x").unwrap();
+        assert_eq!(
+            parse_lora(&inner.display().to_string()).unwrap().path,
+            inner
+        );
     }
 }

@@ -17,7 +17,7 @@ use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
-use stylus_refiner::store::{MANIFEST_FILE, NewStore, StylusDocs};
+use stylus_refiner::store::{MANIFEST_FILE, NewStore, StoreLock, StylusDocs};
 use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The run's summary (`--json` prints the first five fields).
+/// The run's summary (`--json` prints the fields not skipped).
 #[derive(Debug, Serialize)]
 struct Summary {
     cards_read: usize,
@@ -67,6 +67,35 @@ struct Summary {
     counts: RefreshCounts,
     #[serde(skip)]
     embedder_id: String,
+    /// Seconds per phase, in order.
+    phases_s: Vec<(&'static str, f64)>,
+    /// The store already held exactly this: it was left as it was.
+    unchanged: bool,
+}
+
+/// Wall-clock time of each phase of the run.
+#[derive(Debug)]
+struct Phases {
+    since: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+}
+
+impl Phases {
+    /// Ends the phase `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, (now - self.since).as_secs_f64()));
+        self.since = now;
+    }
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
@@ -75,13 +104,36 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             "nothing to index: give --civitai <file|dir> and/or --lora-dir <dir>".into(),
         ));
     }
+    check_embedder_spec(&args.embedder)?;
+    // Every local source must exist: a typo must not turn into an empty store.
+    for source in &args.civitai {
+        let text = source.to_string_lossy();
+        let remote = text.starts_with("http://") || text.starts_with("https://");
+        if !remote && !source.exists() {
+            return Err(StylusError::InvalidArgument(format!(
+                "--civitai {}: no such file or directory (nothing was written)",
+                source.display()
+            )));
+        }
+    }
+    if let Some(dir) = &args.lora_dir
+        && !dir.is_dir()
+    {
+        return Err(StylusError::InvalidArgument(format!(
+            "--lora-dir {}: not a directory (nothing was written)",
+            dir.display()
+        )));
+    }
     let start = Instant::now();
+    let mut phases = Phases::default();
+    // One writer per store: a second `stylus index` into the same --out fails here, clearly.
+    let lock = StoreLock::acquire(&args.out)?;
     let runtime = super::runtime()?;
     let mut sources = Vec::new();
     for source in &args.civitai {
         let text = source.to_string_lossy();
         if text.starts_with("http://") || text.starts_with("https://") {
-            sources.push(runtime.block_on(fetch_live(&text, args.max_pages))?);
+            sources.push(runtime.block_on(fetch_live(&text, args.max_pages, config))?);
         } else {
             sources.push(source.clone());
         }
@@ -95,14 +147,35 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         malformed,
         items_read,
     } = read;
-    for err in &malformed {
-        tracing::warn!("{err}");
+    // Each problem is reported once: in the summary on stdout, or (with --json, whose summary
+    // only counts them) as a warning on stderr.
+    if args.json {
+        for err in &malformed {
+            tracing::warn!("{err}");
+        }
     }
     let filtered = CardFilter::new(&config.catalog).apply(entries);
     let cards: Vec<AdapterCard> = filtered.kept.into_iter().map(|e| e.card).collect();
+    if cards.is_empty() {
+        let skipped: usize = filtered.skipped.values().sum();
+        return Err(StylusError::store(
+            &args.out,
+            format!(
+                "nothing to index: {items_read} item(s) read, {} malformed, {skipped} filtered                  out, 0 adapters kept; {} (check the --civitai / --lora-dir paths)",
+                malformed.len(),
+                if args.out.exists() {
+                    "the existing store was left untouched"
+                } else {
+                    "no store was written"
+                }
+            ),
+        ));
+    }
 
+    phases.mark("read");
     let previous = open_previous(&args.out);
-    let (refiner, concurrency) = make_refiner(&args.refiner)?;
+    phases.mark("open previous");
+    let (refiner, concurrency) = make_refiner(&args.refiner, config)?;
     let mut counts = RefreshCounts::default();
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
@@ -116,9 +189,17 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         )
         .await?;
         bar.finish_and_clear();
+        phases.mark("refine");
 
         let texts: Vec<&str> = docs.iter().map(|d| d.embedding_text.as_str()).collect();
-        let (embedder, extra_files) = make_embedder(&args.embedder, &texts).await?;
+        // Every document reused, none added or dropped: the corpus is the previous store's, so
+        // is its lexical IDF table (no refit).
+        let same_corpus = previous
+            .as_ref()
+            .filter(|p| counts.docs_refined == 0 && p.len() == docs.len());
+        let (embedder, extra_files) =
+            make_embedder(&args.embedder, &texts, config, same_corpus).await?;
+        phases.mark("load embedder");
         let bar = progress_bar(docs.len(), "embedding");
         let vectors = embed_docs(
             &docs,
@@ -129,19 +210,36 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         )
         .await?;
         bar.finish_and_clear();
+        phases.mark("embed");
         Ok::<_, StylusError>((docs, vectors, embedder.id(), embedder.dim(), extra_files))
     })?;
     let kept = docs.len();
-    StylusDocs::write(
-        &args.out,
-        NewStore {
-            embedder_id: embedder_id.clone(),
-            dim,
-            docs,
-            vectors,
-            extra_files,
-        },
-    )?;
+    let unchanged = previous.as_ref().is_some_and(|p| {
+        counts.docs_refined == 0
+            && counts.vectors_embedded == 0
+            && p.embedder_id() == embedder_id
+            && p.dim() == dim
+            && p.docs() == docs.as_slice()
+            && same_extra_files(p, &extra_files)
+    });
+    drop(previous);
+    if unchanged {
+        // Same documents in the same order, same vectors and files: nothing to write.
+        tracing::debug!(store = %args.out.display(), "store unchanged, not rewritten");
+    } else {
+        StylusDocs::write(
+            &args.out,
+            NewStore {
+                embedder_id: embedder_id.clone(),
+                dim,
+                docs,
+                vectors,
+                extra_files,
+            },
+        )?;
+    }
+    drop(lock);
+    phases.mark("write");
 
     let summary = Summary {
         cards_read: items_read,
@@ -156,6 +254,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         malformed_messages: malformed.iter().map(ToString::to_string).collect(),
         counts,
         embedder_id,
+        phases_s: phases.done,
+        unchanged,
     };
     if args.json {
         println!(
@@ -169,12 +269,24 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
 }
 
 /// Fetches `GET {origin}/api/v1/models` (LoRA, SD 1.5) into the page cache; returns its folder.
-async fn fetch_live(origin: &str, max_pages: Option<usize>) -> Result<PathBuf, StylusError> {
+async fn fetch_live(
+    origin: &str,
+    max_pages: Option<usize>,
+    config: &StylusConfig,
+) -> Result<PathBuf, StylusError> {
     let home = std::env::var_os("HOME").ok_or_else(|| {
         StylusError::InvalidArgument("HOME is not set: no place for the Civitai page cache".into())
     })?;
     let cache = PathBuf::from(home).join(".cache/stylus/civitai");
-    let client = CivitaiClient::new(origin, RetryPolicy::default())?;
+    let network = super::network("CIVITAI", config)?;
+    let mut policy = RetryPolicy::default();
+    if let Some(t) = network.timeout_secs {
+        policy.timeout = std::time::Duration::from_secs_f64(t);
+    }
+    if let Some(r) = network.retries {
+        policy.max_retries = r;
+    }
+    let client = CivitaiClient::new(origin, policy)?;
     let query = ModelsQuery {
         max_pages,
         ..ModelsQuery::default()
@@ -195,7 +307,7 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
     if !out.join(MANIFEST_FILE).is_file() {
         return None;
     }
-    match StylusDocs::open(out) {
+    match StylusDocs::open_unlocked(out) {
         Ok(store) => Some(store),
         Err(err) => {
             tracing::warn!("ignoring the existing store, rebuilding it: {err}");
@@ -205,11 +317,15 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
 }
 
 /// The refiner named by `--refiner`, with the number of cards to refine at once.
-fn make_refiner(spec: &str) -> Result<(Box<dyn Refiner>, usize), StylusError> {
+fn make_refiner(
+    spec: &str,
+    stylus_config: &StylusConfig,
+) -> Result<(Box<dyn Refiner>, usize), StylusError> {
     match spec.split_once(':').unwrap_or((spec, "")) {
         ("card", "") => Ok((Box::new(CardRefiner::default()), 1)),
         ("vlm", model) => {
-            let mut config = OpenAiConfig::from_env("VLM", "gpt-4o-mini");
+            let network = super::network("VLM", stylus_config)?;
+            let mut config = OpenAiConfig::from_env("VLM", "gpt-4o-mini").with_network(&network);
             if !model.is_empty() {
                 config.model = model.to_string();
             }
@@ -231,10 +347,19 @@ fn make_refiner(spec: &str) -> Result<(Box<dyn Refiner>, usize), StylusError> {
     }
 }
 
-/// The embedder named by `--embedder`, with the files it stores next to the vectors.
+/// Whether the store already holds exactly these extra files (by size and sha256).
+fn same_extra_files(store: &StylusDocs, files: &[stylus_refiner::store::ExtraFile]) -> bool {
+    files.iter().all(|f| store.holds_file(&f.name, &f.bytes))
+}
+
+/// The embedder named by `--embedder`, with the files it stores next to the vectors. With
+/// `same_corpus` (a store built from the same embedding texts), a lexical embedder is loaded
+/// from that store instead of refitted.
 async fn make_embedder(
     spec: &str,
     texts: &[&str],
+    stylus_config: &StylusConfig,
+    same_corpus: Option<&StylusDocs>,
 ) -> Result<(Box<dyn Embedder>, Vec<stylus_refiner::store::ExtraFile>), StylusError> {
     let (kind, arg) = match spec.split_once(':') {
         Some((kind, arg)) => (kind, Some(arg)),
@@ -249,13 +374,19 @@ async fn make_embedder(
                 None => DEFAULT_DIM,
             };
             // The IDF table is fitted on this corpus and stored with it.
-            let embedder = LexicalEmbedder::fit(texts, dim)?;
+            let reused = same_corpus
+                .filter(|p| p.dim() == dim)
+                .and_then(|p| LexicalEmbedder::from_store(p).ok());
+            let embedder = match reused {
+                Some(embedder) => embedder,
+                None => LexicalEmbedder::fit(texts, dim)?,
+            };
             let files = vec![embedder.store_file()];
             Ok((Box::new(embedder), files))
         }
         "bert" => {
             let embedder = match arg {
-                Some(location) => BertEmbedder::<CpuBackend>::open(location)?,
+                Some(location) => BertEmbedder::<CpuBackend>::open(&expand_tilde(location))?,
                 None => {
                     let dir = default_minilm_dir().ok_or_else(|| {
                         StylusError::InvalidArgument(
@@ -270,7 +401,9 @@ async fn make_embedder(
             Ok((Box::new(embedder), Vec::new()))
         }
         "openai" => {
-            let mut config = OpenAiConfig::from_env("EMBED", "text-embedding-3-small");
+            let network = super::network("EMBED", stylus_config)?;
+            let mut config =
+                OpenAiConfig::from_env("EMBED", "text-embedding-3-small").with_network(&network);
             if let Some(model) = arg {
                 config.model = model.to_string();
             }
@@ -280,6 +413,52 @@ async fn make_embedder(
             Ok((Box::new(embedder), Vec::new()))
         }
         other => Err(StylusError::InvalidArgument(format!(
+            "--embedder {other}: expected lexical[:DIM], bert[:DIR] or openai[:MODEL]"
+        ))),
+    }
+}
+
+/// `~/x` as `$HOME/x` (a shell leaves `bert:~/x` alone: the `~` is not at a word's start).
+fn expand_tilde(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest).display().to_string(),
+        _ if path == "~" => std::env::var("HOME").unwrap_or_else(|_| path.to_string()),
+        _ => path.to_string(),
+    }
+}
+
+/// Checks `--embedder` before any work: the kind is known, a lexical dimension is a number, a
+/// BERT model folder holds a model (the error says how to get one).
+fn check_embedder_spec(spec: &str) -> Result<(), StylusError> {
+    let (kind, arg) = match spec.split_once(':') {
+        Some((kind, arg)) => (kind, Some(arg)),
+        None => (spec, None),
+    };
+    match (kind, arg) {
+        ("lexical", None) | ("openai", _) => Ok(()),
+        ("lexical", Some(dim)) => match dim.parse::<usize>() {
+            Ok(d) if (16..=1 << 20).contains(&d) => Ok(()),
+            _ => Err(StylusError::InvalidArgument(format!(
+                "--embedder lexical:{dim}: the dimension must be a number in 16..=1048576"
+            ))),
+        },
+        ("bert", Some(location)) => {
+            let location = expand_tilde(location);
+            let path = Path::new(&location);
+            if path.is_dir() || path.is_absolute() || location.starts_with('.') {
+                stylus_refiner::bert::check_model_dir(path)
+            } else {
+                Ok(()) // a Hugging Face repo id, looked up when the embedder loads
+            }
+        }
+        ("bert", None) => match default_minilm_dir() {
+            Some(dir) => stylus_refiner::bert::check_model_dir(&dir),
+            None => Err(StylusError::InvalidArgument(
+                "--embedder bert: no model directory; give bert:DIR or set STYLUS_MINILM_DIR"
+                    .into(),
+            )),
+        },
+        (other, _) => Err(StylusError::InvalidArgument(format!(
             "--embedder {other}: expected lexical[:DIM], bert[:DIR] or openai[:MODEL]"
         ))),
     }
@@ -311,7 +490,12 @@ fn print_summary(summary: &Summary, out: &Path) {
     }
     let c = &summary.counts;
     println!(
-        "docs written: {} to {} (refined {}, reused {}; embedded {}, reused {}; embedder {})",
+        "docs {}: {} to {} (refined {}, reused {}; embedded {}, reused {}; embedder {})",
+        if summary.unchanged {
+            "unchanged"
+        } else {
+            "written"
+        },
         summary.kept,
         out.display(),
         c.docs_refined,
@@ -320,5 +504,14 @@ fn print_summary(summary: &Summary, out: &Path) {
         c.vectors_reused,
         summary.embedder_id
     );
-    println!("time:         {:.2} s", summary.seconds);
+    let phases: Vec<String> = summary
+        .phases_s
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.2} s"))
+        .collect();
+    println!(
+        "time:         {:.2} s ({})",
+        summary.seconds,
+        phases.join(", ")
+    );
 }

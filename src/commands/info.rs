@@ -15,18 +15,45 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
+    if !args.file.exists() {
+        return Err(StylusError::InvalidArgument(format!(
+            "{}: no such file or directory",
+            args.file.display()
+        )));
+    }
+    if args.file.is_file() {
+        // The header check that `index` uses: it says what is wrong with a file that is not
+        // safetensors or is truncated, in words.
+        stylus_refiner::lora_folder::read_header(&args.file)?;
+    }
     let info = describe(&args.file)?;
+    let unusable = match &info {
+        FileInfo::Adapter(a) if a.format.is_none() => Some(
+            a.error
+                .clone()
+                .unwrap_or_else(|| "no LoRA format recognized".into()),
+        ),
+        _ => None,
+    };
+    let result = match unusable {
+        // Described (so the user sees what is in it), then a failure: the file cannot be used.
+        Some(message) => Err(StylusError::UnsupportedFormat {
+            path: args.file.clone(),
+            message: format!("does not load on SD 1.x: {message}"),
+        }),
+        None => Ok(()),
+    };
     if args.json {
         let text = serde_json::to_string_pretty(&info)
             .map_err(|e| StylusError::InvalidArgument(format!("info: {e}")))?;
         println!("{text}");
-        return Ok(());
+        return result;
     }
     match info {
         FileInfo::Adapter(info) => print_adapter(&info),
         FileInfo::Checkpoint(info) => print_checkpoint(&info),
     }
-    Ok(())
+    result
 }
 
 fn counts<K: std::fmt::Display>(map: &std::collections::BTreeMap<K, usize>) -> String {

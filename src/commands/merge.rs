@@ -20,33 +20,31 @@ pub struct Args {
     /// Output, in the same layout as the base (a folder or one .safetensors).
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
+    /// Replace `--out` when it already exists (by default an existing file or folder is never
+    /// overwritten).
+    #[arg(long)]
+    pub force: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// `FILE[:WEIGHT]`: the weight is what follows the last `:` when it parses as a number.
-fn parse_lora(spec: &str) -> Result<(PathBuf, f32), StylusError> {
-    if let Some((file, weight)) = spec.rsplit_once(':')
-        && !file.is_empty()
-        && let Ok(weight) = weight.parse::<f32>()
-    {
-        if !weight.is_finite() {
+pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
+    if let Some(weight) = args.te_weight {
+        let range = stylus_core::limits::LORA_WEIGHT;
+        if !weight.is_finite() || !range.contains(&weight) {
             return Err(StylusError::InvalidArgument(format!(
-                "--lora {spec}: weight must be finite"
+                "--te-weight {weight}: must be in {}..={}",
+                range.start(),
+                range.end()
             )));
         }
-        return Ok((PathBuf::from(file), weight));
     }
-    Ok((PathBuf::from(spec), 1.0))
-}
-
-pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
     let adapters = args
         .lora
         .iter()
         .map(|spec| {
-            let (path, weight) = parse_lora(spec)?;
+            let (path, weight) = super::parse_lora_spec(spec)?;
             Ok(AdapterStrength {
                 path,
                 unet: weight,
@@ -54,6 +52,8 @@ pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
             })
         })
         .collect::<Result<Vec<_>, StylusError>>()?;
+    // Checked after the inputs, before any work: an unrelated file is never overwritten.
+    super::refuse_overwrite(&args.out, "--out", args.force)?;
     let report = merge_into_checkpoint(&args.base, &adapters, &args.out)?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
@@ -89,30 +89,4 @@ pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
         println!("wrote {}", file.display());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lora_specs_split_at_the_last_colon_only_for_numbers() {
-        assert_eq!(
-            parse_lora("a.safetensors:0.7").unwrap(),
-            (PathBuf::from("a.safetensors"), 0.7)
-        );
-        assert_eq!(
-            parse_lora("a.safetensors").unwrap(),
-            (PathBuf::from("a.safetensors"), 1.0)
-        );
-        assert_eq!(
-            parse_lora("dir:x/a.safetensors").unwrap(),
-            (PathBuf::from("dir:x/a.safetensors"), 1.0)
-        );
-        assert_eq!(
-            parse_lora("a.safetensors:-1").unwrap(),
-            (PathBuf::from("a.safetensors"), -1.0)
-        );
-        assert!(parse_lora("a.safetensors:inf").is_err());
-    }
 }

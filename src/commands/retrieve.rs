@@ -7,15 +7,18 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use stylus_core::{Candidate, Query, RetrievalFilter, StylusConfig, StylusError};
+use stylus_core::{
+    Evidence, ExplainedCandidate, Query, RetrievalFilter, StylusConfig, StylusError,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
-    /// Number of adapters per query (default: the config's top_k, 150).
-    #[arg(long)]
+    /// Number of adapters per query, 1..=100000 (default: the config's top_k, 150); at most the
+    /// store's size come back.
+    #[arg(long, value_parser = super::usize_in(stylus_core::limits::TOP_K))]
     pub top_k: Option<usize>,
     /// A file with one query per line.
     #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
@@ -35,15 +38,24 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let queries = read_queries(&args)?;
     let k = args.top_k.unwrap_or(config.retriever.top_k);
     let catalog = super::catalog::open(args.index.as_deref(), config, args.build_hnsw)?;
+    let started = std::time::Instant::now();
     let vectors = super::runtime()?.block_on(catalog.embedder.embed(&queries))?;
+    let embed_ms = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
     let filter = RetrievalFilter::default();
     let mut out = std::io::stdout().lock();
     for (query, vector) in queries.iter().zip(&vectors) {
-        let results = catalog
-            .retriever
-            .retrieve(Query::new(query, vector), k, &filter)?;
+        let started = std::time::Instant::now();
+        let results =
+            catalog
+                .retriever
+                .retrieve_explained(Query::new(query, vector), k, &filter)?;
+        let timings = Timings {
+            open: catalog.open_ms,
+            embed: embed_ms,
+            retrieve: started.elapsed().as_secs_f64() * 1e3,
+        };
         let written = if args.json {
-            writeln!(out, "{}", json_line(query, &results))
+            writeln!(out, "{}", json_line(query, &results, &timings))
         } else {
             print_table(&mut out, query, &results)
         };
@@ -60,13 +72,16 @@ fn read_queries(args: &Args) -> Result<Vec<String>, StylusError> {
             let mut lines = Vec::new();
             for line in std::io::BufReader::new(file).lines() {
                 let line = line.map_err(|e| StylusError::io(path, e))?;
-                if !line.trim().is_empty() {
-                    lines.push(line.trim().to_string());
+                let line = stylus_core::text::clean_prompt(&line);
+                if !line.is_empty() {
+                    lines.push(line);
                 }
             }
             lines
         }
-        (None, Some(prompt)) if !prompt.trim().is_empty() => vec![prompt.trim().to_string()],
+        (None, Some(prompt)) if !stylus_core::text::clean_prompt(prompt).is_empty() => {
+            vec![stylus_core::text::clean_prompt(prompt)]
+        }
         _ => {
             return Err(StylusError::InvalidArgument(
                 "give a prompt or --queries FILE".into(),
@@ -81,30 +96,68 @@ fn read_queries(args: &Args) -> Result<Vec<String>, StylusError> {
     Ok(queries)
 }
 
-fn json_line(query: &str, results: &[Candidate]) -> String {
+/// Milliseconds: the catalog's open (once per run), the query's embedding (the run's mean) and
+/// its search.
+#[derive(Debug, serde::Serialize)]
+struct Timings {
+    open: f64,
+    embed: f64,
+    retrieve: f64,
+}
+
+/// One JSON line: `score` is the ranking's own (the fused RRF score for hybrid/BM25 modes),
+/// `vector` and `bm25` the evidence behind it (`{rank, score}`, or null).
+fn json_line(query: &str, results: &[ExplainedCandidate], timings: &Timings) -> String {
     let results: Vec<serde_json::Value> = results
         .iter()
-        .map(|c| {
+        .map(|e| {
+            let c = &e.candidate;
             serde_json::json!({
                 "id": c.doc.id(),
                 "score": c.score,
+                "vector": e.vector,
+                "bm25": e.bm25,
                 "title": c.doc.card.title,
             })
         })
         .collect();
-    serde_json::json!({ "query": query, "results": results }).to_string()
+    serde_json::json!({ "query": query, "results": results, "timings_ms": timings }).to_string()
 }
 
-fn print_table(out: &mut impl Write, query: &str, results: &[Candidate]) -> std::io::Result<()> {
-    writeln!(out, "{query}")?;
-    for (rank, c) in results.iter().enumerate() {
+/// The table for people: rank, the BM25 score and the vector similarity behind it (`-`: not
+/// among that ranking's results), id and title (control characters escaped).
+fn print_table(
+    out: &mut impl Write,
+    query: &str,
+    results: &[ExplainedCandidate],
+) -> std::io::Result<()> {
+    let esc = stylus_core::text::escape_control;
+    writeln!(out, "{}", esc(query))?;
+    let has_bm25 = results.iter().any(|e| e.bm25.is_some());
+    if has_bm25 {
+        writeln!(out, "rank     bm25  vector        id  title")?;
+    } else {
+        writeln!(out, "rank   vector        id  title")?;
+    }
+    let column = |e: Option<Evidence>| e.map_or("-".to_string(), |e| format!("{:.4}", e.score));
+    for (rank, e) in results.iter().enumerate() {
+        let c = &e.candidate;
+        if has_bm25 {
+            write!(
+                out,
+                "{:>4}  {:>7}  {:>6}",
+                rank + 1,
+                column(e.bm25),
+                column(e.vector)
+            )?;
+        } else {
+            write!(out, "{:>4}  {:>7}", rank + 1, column(e.vector))?;
+        }
         writeln!(
             out,
-            "{:>4}  {:>7.4}  {:>8}  {}",
-            rank + 1,
-            c.score,
-            c.doc.id().to_string(),
-            c.doc.card.title
+            "  {:>8}  {}",
+            esc(&c.doc.id().to_string()),
+            esc(&c.doc.card.title)
         )?;
     }
     Ok(())

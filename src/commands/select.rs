@@ -39,8 +39,8 @@ pub struct Args {
     /// Mask strategy: all, one_hot_loras or one_hot_concepts (default: the config's).
     #[arg(long)]
     pub masks: Option<String>,
-    /// Sample this many masks (one per image); default: list every mask.
-    #[arg(long)]
+    /// Sample this many masks (one per image, 1..=256); default: list every mask.
+    #[arg(long, value_parser = super::usize_in(stylus_core::limits::BATCH))]
     pub batch: Option<usize>,
     /// Seed for mask sampling.
     #[arg(long, default_value_t = 0)]
@@ -66,7 +66,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         ));
     }
     let prompts = read_prompts(&args)?;
-    let stylus = build(&args, config, strategy)?;
+    let (stylus, open_ms) = build(&args, config, strategy)?;
     let runtime = super::runtime()?;
     let options = SelectOptions {
         batch: args.batch,
@@ -76,14 +76,18 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     for prompt in &prompts {
         let plan = runtime.block_on(stylus.select_with(prompt, options))?;
         let written = if args.json || args.prompts.is_some() {
-            let line = serde_json::to_string(&plan).map_err(|e| StylusError::Json {
+            let json_error = |e: serde_json::Error| StylusError::Json {
                 path: "<plan>".into(),
                 line: None,
                 message: e.to_string(),
-            })?;
+            };
+            let mut value = serde_json::to_value(&plan).map_err(json_error)?;
+            // The catalog is opened once per run: its cost is part of every answer's timings.
+            value["timings_ms"]["open"] = serde_json::json!(open_ms);
+            let line = serde_json::to_string(&value).map_err(json_error)?;
             writeln!(out, "{line}")
         } else {
-            print_plan(&mut out, &plan, strategy)
+            print_plan(&mut out, &plan, strategy, open_ms)
         };
         written.map_err(|e| StylusError::io("<stdout>", e))?;
     }
@@ -98,8 +102,9 @@ fn read_prompts(args: &Args) -> Result<Vec<String>, StylusError> {
             let mut prompts = Vec::new();
             for line in std::io::BufReader::new(file).lines() {
                 let line = line.map_err(|e| StylusError::io(path, e))?;
-                if !line.trim().is_empty() {
-                    prompts.push(line.trim().to_string());
+                let line = stylus_core::text::clean_prompt(&line);
+                if !line.is_empty() {
+                    prompts.push(line);
                 }
             }
             if prompts.is_empty() {
@@ -110,7 +115,9 @@ fn read_prompts(args: &Args) -> Result<Vec<String>, StylusError> {
             }
             Ok(prompts)
         }
-        (None, Some(prompt)) if !prompt.trim().is_empty() => Ok(vec![prompt.trim().to_string()]),
+        (None, Some(prompt)) if !stylus_core::text::clean_prompt(prompt).is_empty() => {
+            Ok(vec![stylus_core::text::clean_prompt(prompt)])
+        }
         _ => Err(StylusError::InvalidArgument(
             "give a prompt or --prompts FILE".into(),
         )),
@@ -123,7 +130,7 @@ fn build(
     args: &Args,
     config: &StylusConfig,
     strategy: MaskStrategy,
-) -> Result<Stylus, StylusError> {
+) -> Result<(Stylus, f64), StylusError> {
     let catalog = super::catalog::open(args.index.as_deref(), config, false)?;
     let composer: Arc<dyn Composer> = match args.composer.as_str() {
         "local" => Arc::new(
@@ -136,18 +143,21 @@ fn build(
             )));
         }
     };
-    Stylus::builder()
+    let stylus = Stylus::builder()
         .config(config.clone())
         .embedder(catalog.embedder)
         .retriever(catalog.retriever)
         .composer(composer)
         .masker(Arc::new(StrategyMasker::new(strategy)))
-        .build()
+        .build()?;
+    Ok((stylus, catalog.open_ms))
 }
 
 /// The LLM composer configured from the environment (see `--help`).
 fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
-    let client = OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini"))?;
+    let network = super::network("LLM", config)?;
+    let client =
+        OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini").with_network(&network))?;
     Ok(LlmComposer::new(
         client,
         LlmComposerConfig {
@@ -162,27 +172,30 @@ fn print_plan(
     out: &mut impl Write,
     plan: &SelectionPlan,
     strategy: MaskStrategy,
+    open_ms: f64,
 ) -> std::io::Result<()> {
-    writeln!(out, "prompt: {}", plan.prompt)?;
+    // Catalog text (titles, triggers) is untrusted: control characters are shown escaped.
+    let esc = stylus_core::text::escape_control;
+    writeln!(out, "prompt: {}", esc(&plan.prompt))?;
     writeln!(out, "topics:")?;
     for (t, topic) in plan.topics.iter().enumerate() {
         if topic.adapters.is_empty() {
-            writeln!(out, "  {}. {}  (no adapter)", t + 1, topic.text)?;
+            writeln!(out, "  {}. {}  (no adapter)", t + 1, esc(&topic.text))?;
             continue;
         }
-        writeln!(out, "  {}. {}", t + 1, topic.text)?;
+        writeln!(out, "  {}. {}", t + 1, esc(&topic.text))?;
         for a in &topic.adapters {
             let category = a.category.map_or("-", |c| c.as_str());
             write!(
                 out,
                 "       {} \"{}\" [{category}] <lora:{}:{}>",
-                a.id,
-                a.title,
-                a.alias,
+                esc(&a.id.to_string()),
+                esc(&a.title),
+                esc(&a.alias),
                 format_weight(a.weight)
             )?;
             if !a.trigger_words.is_empty() {
-                write!(out, "  trigger: {}", a.trigger_words.join(", "))?;
+                write!(out, "  trigger: {}", esc(&a.trigger_words.join(", ")))?;
             }
             writeln!(out)?;
         }
@@ -192,7 +205,7 @@ fn print_plan(
         let on: Vec<String> = mask
             .adapters
             .iter()
-            .map(|a| format!("{}:{}", a.alias, format_weight(a.weight)))
+            .map(|a| format!("{}:{}", esc(&a.alias), format_weight(a.weight)))
             .collect();
         let on = if on.is_empty() {
             "(none)".to_string()
@@ -208,11 +221,12 @@ fn print_plan(
             plan.masks.len() - MASKS_SHOWN
         )?;
     }
-    writeln!(out, "a1111 prompt:\n  {}", plan.a1111_prompt)?;
+    writeln!(out, "a1111 prompt:\n  {}", esc(&plan.a1111_prompt))?;
     let t = &plan.timings_ms;
     writeln!(
         out,
-        "timings: embed {:.2} ms, retrieve {:.2} ms, compose {:.2} ms ({} candidates)",
+        "timings: open catalog {open_ms:.1} ms (once per run), embed {:.2} ms, retrieve {:.2} ms, \
+         compose {:.2} ms ({} candidates)",
         t.embed, t.retrieve, t.compose, plan.candidates
     )
 }
@@ -239,7 +253,7 @@ mod tests {
     #[test]
     fn bundled_select_gives_the_plan_of_the_issue() {
         let config = StylusConfig::default();
-        let stylus = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
+        let (stylus, _) = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
         let options = SelectOptions {
             batch: Some(3),
             seed: 1,
@@ -302,7 +316,7 @@ mod tests {
         ] {
             let mut config = StylusConfig::default();
             config.retriever.mode = mode;
-            let stylus = build(&args("x"), &config, MaskStrategy::All).unwrap();
+            let (stylus, _) = build(&args("x"), &config, MaskStrategy::All).unwrap();
             let plan = super::super::runtime()
                 .unwrap()
                 .block_on(stylus.select("a man riding a cat in the rain, watercolor"))

@@ -17,15 +17,164 @@ pub struct StylusConfig {
     pub prompt: PromptBuilder,
     pub masks: MaskConfig,
     pub sampling: SamplingParams,
+    pub network: NetworkConfig,
+}
+
+/// Timeouts and retries of every network client (the LLM composer, the VLM refiner, the OpenAI
+/// embedder, the Civitai fetch). Unset values keep each client's defaults. Precedence, highest
+/// first: the CLI flags (`--timeout`, `--retries`, `--deadline`), the environment
+/// (`STYLUS_{LLM,VLM,EMBED,CIVITAI}_TIMEOUT` / `_RETRIES` / `_DEADLINE`, then `STYLUS_TIMEOUT`,
+/// `STYLUS_RETRIES`, `STYLUS_DEADLINE` for all), this `[network]` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Limit of one HTTP request, in seconds.
+    pub timeout_secs: Option<f64>,
+    /// Retries after the first attempt of a request (transient failures only).
+    pub retries: Option<u32>,
+    /// Limit of one call over all its attempts and backoffs, in seconds.
+    pub deadline_secs: Option<f64>,
+}
+
+impl NetworkConfig {
+    /// Upper bound of `retries`.
+    pub const MAX_RETRIES: u32 = 100;
+
+    /// Each value of `self`, else `other`'s.
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            timeout_secs: self.timeout_secs.or(other.timeout_secs),
+            retries: self.retries.or(other.retries),
+            deadline_secs: self.deadline_secs.or(other.deadline_secs),
+        }
+    }
+
+    /// The values set in the environment for `role` (`LLM`, `VLM`, `EMBED`, `CIVITAI`), read
+    /// through `var`; a value that is not a valid number is an error naming the variable.
+    pub fn from_vars(
+        role: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, StylusError> {
+        let read = |suffix: &str| {
+            [
+                format!("STYLUS_{role}_{suffix}"),
+                format!("STYLUS_{suffix}"),
+            ]
+            .into_iter()
+            .find_map(|name| {
+                var(&name)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (name, v))
+            })
+        };
+        let bad = |name: &str, value: &str, what: &str| {
+            StylusError::InvalidArgument(format!("{name}={value}: {what}"))
+        };
+        let seconds = |suffix: &str| -> Result<Option<f64>, StylusError> {
+            match read(suffix) {
+                None => Ok(None),
+                Some((name, value)) => match value.trim().parse::<f64>() {
+                    Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+                    _ => Err(bad(&name, &value, "expected a positive number of seconds")),
+                },
+            }
+        };
+        let retries = match read("RETRIES") {
+            None => None,
+            Some((name, value)) => match value.trim().parse::<u32>() {
+                Ok(v) if v <= Self::MAX_RETRIES => Some(v),
+                _ => {
+                    return Err(bad(
+                        &name,
+                        &value,
+                        &format!("expected a whole number in 0..={}", Self::MAX_RETRIES),
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            timeout_secs: seconds("TIMEOUT")?,
+            retries,
+            deadline_secs: seconds("DEADLINE")?,
+        })
+    }
+
+    /// [`Self::from_vars`] over the process environment.
+    pub fn from_env(role: &str) -> Result<Self, StylusError> {
+        Self::from_vars(role, |name| std::env::var(name).ok())
+    }
+
+    /// Checks the values (positive finite seconds, retries within [`Self::MAX_RETRIES`]).
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("timeout_secs", self.timeout_secs),
+            ("deadline_secs", self.deadline_secs),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(format!(
+                    "network.{key} = {v}: must be a positive number of seconds"
+                ));
+            }
+        }
+        if let Some(r) = self.retries
+            && r > Self::MAX_RETRIES
+        {
+            return Err(format!(
+                "network.retries = {r}: must be in 0..={}",
+                Self::MAX_RETRIES
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl StylusConfig {
     /// Reads a TOML file; unknown keys and wrong types are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| StylusError::io(path, e))?;
-        Self::from_toml_str(&text).map_err(|message| StylusError::Config {
+        let config = Self::from_toml_str(&text).map_err(|message| StylusError::Config {
             path: path.to_path_buf(),
             message,
+        })?;
+        config.validate().map_err(|message| StylusError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the numeric settings against [`crate::limits`]; the message names the key and the
+    /// allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let top_k = crate::limits::TOP_K;
+        if !top_k.contains(&self.retriever.top_k) {
+            return Err(format!(
+                "retriever.top_k = {}: must be in {}..={}",
+                self.retriever.top_k,
+                top_k.start(),
+                top_k.end()
+            ));
+        }
+        if self.retriever.topic_k > *top_k.end() {
+            return Err(format!(
+                "retriever.topic_k = {}: must be in 0..={}",
+                self.retriever.topic_k,
+                top_k.end()
+            ));
+        }
+        self.network.validate()?;
+        self.sampling.validate().map_err(|e| {
+            // The sampling table's keys, not the CLI flags.
+            let text = e.to_string();
+            let text = text.trim_start_matches("invalid argument: ");
+            format!(
+                "[sampling] {}",
+                text.replace("--cfg", "guidance_scale")
+                    .replace("--clip-skip", "clip_skip")
+                    .replace("--", "")
+            )
         })
     }
 

@@ -50,6 +50,85 @@ pub struct SamplingParams {
     pub clip_skip: usize,
 }
 
+/// The sampler names the diffusion backend knows (A1111 names: DDIM, Euler, Euler a, DPM++ 2M,
+/// DPM++ 2M Karras, PLMS).
+pub const SAMPLER_NAMES: [&str; 6] = [
+    "ddim",
+    "euler",
+    "euler_ancestral",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "pndm",
+];
+
+/// Limits on what can be asked of the sampler; every value outside is refused before any work,
+/// with the allowed range in the message.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    /// Sampling steps (the schedules have 1000 training timesteps).
+    pub const STEPS: RangeInclusive<usize> = 1..=1000;
+    /// Image width and height in pixels (multiples of 8).
+    pub const SIDE: RangeInclusive<u32> = 8..=2048;
+    /// Classifier-free guidance scale.
+    pub const CFG: RangeInclusive<f32> = 0.0..=50.0;
+    /// CLIP skip: 1 = last layer, 2 = penultimate.
+    pub const CLIP_SKIP: RangeInclusive<usize> = 1..=2;
+    /// Images per `generate` call.
+    pub const BATCH: RangeInclusive<usize> = 1..=256;
+    /// Adapters per query (`retrieve --top-k`, `retriever.top_k`).
+    pub const TOP_K: RangeInclusive<usize> = 1..=100_000;
+    /// LoRA weights (`--lora FILE:W`).
+    pub const LORA_WEIGHT: RangeInclusive<f32> = -10.0..=10.0;
+}
+
+impl SamplingParams {
+    /// Checks every field against [`limits`] and [`SAMPLER_NAMES`]; the error names the field
+    /// (as its CLI flag) and the allowed range.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |message: String| Err(crate::StylusError::InvalidArgument(message));
+        if !limits::STEPS.contains(&self.steps) {
+            return bad(format!(
+                "--steps {}: must be in {}..={}",
+                self.steps,
+                limits::STEPS.start(),
+                limits::STEPS.end()
+            ));
+        }
+        for (flag, side) in [("--width", self.width), ("--height", self.height)] {
+            if !limits::SIDE.contains(&side) || !side.is_multiple_of(8) {
+                return bad(format!(
+                    "{flag} {side}: must be a multiple of 8 in {}..={}",
+                    limits::SIDE.start(),
+                    limits::SIDE.end()
+                ));
+            }
+        }
+        if !limits::CFG.contains(&self.guidance_scale) {
+            return bad(format!(
+                "--cfg {}: must be in {}..={}",
+                self.guidance_scale,
+                limits::CFG.start(),
+                limits::CFG.end()
+            ));
+        }
+        if !limits::CLIP_SKIP.contains(&self.clip_skip) {
+            return bad(format!(
+                "--clip-skip {}: must be 1 (last CLIP layer) or 2 (penultimate)",
+                self.clip_skip
+            ));
+        }
+        if !SAMPLER_NAMES.contains(&self.sampler.as_str()) {
+            return bad(format!(
+                "--sampler {}: unknown sampler; expected one of {}",
+                self.sampler,
+                SAMPLER_NAMES.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -123,4 +202,30 @@ pub struct GeneratedImage {
     /// Final denoised latents `[4, height/8, width/8]`, when asked for.
     #[serde(skip)]
     pub latents: Option<Vec<f32>>,
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    #[test]
+    fn sampling_limits_name_the_flag_and_the_range() {
+        assert!(SamplingParams::default().validate().is_ok());
+        let check = |edit: &dyn Fn(&mut SamplingParams), needle: &str| {
+            let mut params = SamplingParams::default();
+            edit(&mut params);
+            let err = params.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        };
+        check(&|p| p.steps = 0, "--steps 0: must be in 1..=1000");
+        check(&|p| p.steps = 100_000, "--steps 100000");
+        check(&|p| p.width = 513, "--width 513: must be a multiple of 8");
+        check(&|p| p.height = 4, "--height 4");
+        check(&|p| p.width = 1 << 20, "8..=2048");
+        check(&|p| p.guidance_scale = f32::NAN, "--cfg NaN");
+        check(&|p| p.guidance_scale = -1.0, "0..=50");
+        check(&|p| p.clip_skip = 0, "--clip-skip 0: must be 1");
+        check(&|p| p.clip_skip = 50, "--clip-skip 50: must be 1");
+        check(&|p| p.sampler = "bogus".into(), "expected one of ddim");
+    }
 }

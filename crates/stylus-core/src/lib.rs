@@ -19,23 +19,24 @@ pub mod pipeline;
 pub mod plan;
 pub mod rng;
 pub mod selection;
+pub mod text;
 pub mod traits;
 
 pub use card::{AdapterCard, AdapterDoc, AdapterFile, AdapterStats, Category};
 pub use config::{
-    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, RetrievalMode, RetrieverConfig,
-    StylusConfig,
+    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig, RetrievalMode,
+    RetrieverConfig, StylusConfig,
 };
 pub use error::{Result, StylusError};
 pub use generation::{
     AdapterMergeStats, ExplicitLora, GeneratedImage, GenerationRequest, MergeReport,
-    ResolvedAdapter, SampleJob, SamplingParams,
+    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplingParams, limits,
 };
 pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};
 pub use plan::{PlanMask, PlanTopic, PromptBuilder, SelectionPlan, Timings, format_weight};
 pub use selection::{
-    Candidate, Composition, Mask, MaskStrategy, Query, RetrievalFilter, Topic, TopicAdapters,
-    WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
+    Candidate, Composition, Evidence, ExplainedCandidate, Mask, MaskStrategy, Query,
+    RetrievalFilter, Topic, TopicAdapters, WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
 };
 pub use traits::{AdapterLocator, Composer, Embedder, Masker, Merger, Refiner, Retriever, Sampler};

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -21,6 +21,10 @@ use crate::{Result, StylusError};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+/// How often a call that is still waiting for its server says so (log level info), at most:
+/// a third of the request timeout, at least every second.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where and how to reach an OpenAI-compatible server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +42,10 @@ pub struct OpenAiConfig {
     pub timeout_secs: f64,
     /// Retries after the first attempt on 429, 408, 5xx, timeouts and connection errors.
     pub max_retries: u32,
+    /// Limit for one call over all its attempts and backoffs (and, for
+    /// [`OpenAiClient::chat_json`], over all its reply attempts): past it the call fails with
+    /// what the last attempt got.
+    pub deadline_secs: f64,
     /// Backoff before the first retry; doubled on every further retry, up to `max_backoff_ms`.
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -55,6 +63,7 @@ impl Default for OpenAiConfig {
             api_key_env: Some("OPENAI_API_KEY".to_string()),
             timeout_secs: 60.0,
             max_retries: 4,
+            deadline_secs: 180.0,
             initial_backoff_ms: 500,
             max_backoff_ms: 20_000,
             max_retry_after_ms: 60_000,
@@ -93,6 +102,20 @@ impl OpenAiConfig {
                 .find(|name| var(name).is_some()),
             ..defaults
         }
+    }
+
+    /// The config with the timeouts and retries `network` sets.
+    pub fn with_network(mut self, network: &crate::NetworkConfig) -> Self {
+        if let Some(t) = network.timeout_secs {
+            self.timeout_secs = t;
+        }
+        if let Some(r) = network.retries {
+            self.max_retries = r;
+        }
+        if let Some(d) = network.deadline_secs {
+            self.deadline_secs = d;
+        }
+        self
     }
 
     /// A config for `model` at `base_url` with the other defaults and no API key.
@@ -306,6 +329,12 @@ impl OpenAiClient {
                 config.timeout_secs
             )));
         }
+        if !(config.deadline_secs.is_finite() && config.deadline_secs > 0.0) {
+            return Err(StylusError::InvalidArgument(format!(
+                "deadline must be a positive number of seconds, got {}",
+                config.deadline_secs
+            )));
+        }
         if config.max_concurrency == 0 {
             return Err(StylusError::InvalidArgument(
                 "max_concurrency must be at least 1".to_string(),
@@ -374,6 +403,15 @@ impl OpenAiClient {
     /// One chat completion. With a schema, the reply is asked for as strict JSON (see the module
     /// docs for the fallbacks); the content is returned as text, not yet parsed.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply> {
+        self.chat_until(request, self.deadline()).await
+    }
+
+    /// When a call starting now must give up.
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs_f64(self.inner.config.deadline_secs)
+    }
+
+    async fn chat_until(&self, request: &ChatRequest, until: Instant) -> Result<ChatReply> {
         let url = self.endpoint_url("chat/completions");
         let mut format = match &request.schema {
             None => ResponseFormat::Text,
@@ -381,7 +419,7 @@ impl OpenAiClient {
         };
         loop {
             let body = self.chat_body(request, format);
-            match self.post_json(&url, &body).await {
+            match self.post_json_until(&url, &body, until).await {
                 Ok(reply) => {
                     if request.schema.is_some() {
                         self.inner
@@ -460,10 +498,20 @@ impl OpenAiClient {
         mut validate: impl FnMut(Value) -> std::result::Result<T, String>,
     ) -> Result<JsonReply<T>> {
         let reply_attempts = reply_attempts.max(1);
+        let until = self.deadline();
         let mut request = request.clone();
         let mut last_error = String::new();
         for attempt in 1..=reply_attempts {
-            let content = match self.chat(&request).await {
+            if attempt > 1 && Instant::now() >= until {
+                return Err(self.model_reply(
+                    attempt - 1,
+                    format!(
+                        "{last_error} (deadline of {} s reached)",
+                        self.inner.config.deadline_secs
+                    ),
+                ));
+            }
+            let content = match self.chat_until(&request, until).await {
                 Ok(reply) => reply.content,
                 Err(StylusError::ModelReply { message, .. }) => {
                     last_error = message;
@@ -562,9 +610,19 @@ impl OpenAiClient {
 
     /// POSTs `body` and returns the JSON reply, retrying transient failures.
     async fn post_json(&self, url: &str, body: &Value) -> Result<Value> {
+        self.post_json_until(url, body, self.deadline()).await
+    }
+
+    /// [`Self::post_json`], giving up at `until`: each attempt is cut to the time left, a retry
+    /// that could not start before it is not made. While an attempt waits, a progress line is
+    /// logged every [`PROGRESS_EVERY`].
+    async fn post_json_until(&self, url: &str, body: &Value, until: Instant) -> Result<Value> {
         let config = &self.inner.config;
+        let started = Instant::now();
+        let attempts = config.max_retries + 1;
         let mut attempt = 0u32;
         loop {
+            let left = until.saturating_duration_since(Instant::now());
             let outcome = {
                 let _permit = self
                     .inner
@@ -572,28 +630,61 @@ impl OpenAiClient {
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
-                self.post_once(url, body).await
+                let call = tokio::time::timeout(left, self.post_once(url, body));
+                tokio::pin!(call);
+                let every = Duration::from_secs_f64(config.timeout_secs / 3.0)
+                    .clamp(Duration::from_secs(1), PROGRESS_EVERY);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        done = &mut call => break done,
+                        _ = ticks.tick() => tracing::info!(
+                            "waiting for {url}: {:.0} s so far (attempt {} of {attempts}, \
+                             {:.0} s timeout each, giving up after {:.0} s)",
+                            started.elapsed().as_secs_f64(),
+                            attempt + 1,
+                            config.timeout_secs,
+                            config.deadline_secs
+                        ),
+                    }
+                }
             };
             let failure = match outcome {
-                Ok(value) => return Ok(value),
-                Err(failure) => failure,
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => Failure {
+                    status: None,
+                    message: format!("no reply within the deadline of {} s", config.deadline_secs),
+                    retryable: false,
+                    retry_after: None,
+                },
             };
-            if !failure.retryable || attempt >= config.max_retries {
+            let give_up = |message: String| {
                 let message = if attempt > 0 {
-                    format!("{} (after {} attempts)", failure.message, attempt + 1)
+                    format!("{message} (after {} attempts)", attempt + 1)
                 } else {
-                    failure.message
+                    message
                 };
-                return Err(StylusError::Http {
+                Err(StylusError::Http {
                     url: url.to_string(),
                     status: failure.status,
                     message,
-                });
+                })
+            };
+            if !failure.retryable || attempt >= config.max_retries {
+                return give_up(failure.message.clone());
             }
             let delay = match failure.retry_after {
                 Some(wait) => wait.min(Duration::from_millis(config.max_retry_after_ms)),
                 None => self.backoff(attempt),
             };
+            if Instant::now() + delay >= until {
+                return give_up(format!(
+                    "{}; no time left for a retry within the deadline of {} s",
+                    failure.message, config.deadline_secs
+                ));
+            }
             tracing::debug!(
                 "{url}: {} - retry {} in {delay:?}",
                 failure.message,

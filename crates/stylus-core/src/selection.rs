@@ -16,6 +16,23 @@ pub struct Candidate {
     pub score: f32,
 }
 
+/// One ranking's say about a candidate: its rank there (from 1) and its score there.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub rank: usize,
+    pub score: f32,
+}
+
+/// A candidate with the evidence behind its place: what the vector search (cosine or dot
+/// product) and the BM25 search said about it, where they were consulted (`None`: not among
+/// that ranking's results, or that ranking is not used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainedCandidate {
+    pub candidate: Candidate,
+    pub vector: Option<Evidence>,
+    pub bm25: Option<Evidence>,
+}
+
 /// Fuses rankings (best first, each with its weight) into the `k` best documents by reciprocal
 /// rank fusion: a document's score is `sum over rankings of weight / (rrf_k + rank)`, rank counted
 /// from 1, so rankings on different score scales need no calibration. Equal scores keep the order

@@ -46,6 +46,28 @@ pub trait Retriever: Send + Sync {
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>>;
+    /// [`Self::retrieve`] with the evidence behind each candidate. By default the candidate's
+    /// own score is the vector search's; fusing retrievers report each ranking's.
+    fn retrieve_explained(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<crate::ExplainedCandidate>> {
+        Ok(self
+            .retrieve(query, k, filter)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, candidate)| crate::ExplainedCandidate {
+                vector: Some(crate::Evidence {
+                    rank: i + 1,
+                    score: candidate.score,
+                }),
+                bm25: None,
+                candidate,
+            })
+            .collect())
+    }
     /// Many queries at once (implementations may parallelize).
     fn retrieve_batch(
         &self,

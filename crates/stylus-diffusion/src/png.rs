@@ -43,7 +43,9 @@ pub fn a1111_parameters(
     model: &ModelInfo,
     lora_hashes: &[LoraHash],
 ) -> String {
-    let mut prompt = image.prompt.trim().to_string();
+    // The text is line-oriented (prompt, `Negative prompt:`, settings): no line breaks inside.
+    let one_line = |text: &str| text.trim().replace(|c: char| c.is_control(), " ");
+    let mut prompt = one_line(&image.prompt);
     for adapter in &image.adapters {
         let alias = sanitize_alias(&adapter.alias);
         if !prompt.contains(&format!("<lora:{alias}:")) {
@@ -85,7 +87,7 @@ pub fn a1111_parameters(
     if !image.negative_prompt.trim().is_empty() {
         text.push_str(&format!(
             "\nNegative prompt: {}",
-            image.negative_prompt.trim()
+            one_line(&image.negative_prompt)
         ));
     }
     text.push('\n');
@@ -248,6 +250,20 @@ mod tests {
             "a castle on a hill, realistic, best quality\n\
              Steps: 35, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 16x8, Clip skip: 2"
         );
+    }
+
+    #[test]
+    fn line_breaks_in_prompts_never_split_the_parameters() {
+        let mut odd = image();
+        odd.prompt = "a castle\non a hill\r\nNegative prompt: x".into();
+        odd.negative_prompt = "blurry\nSteps: 99".into();
+        odd.adapters.clear();
+        let text = a1111_parameters(&odd, &ModelInfo::default(), &[]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("a castle on a hill"), "{text}");
+        assert_eq!(lines[1], "Negative prompt: blurry Steps: 99");
+        assert!(lines[2].starts_with("Steps: 35,"));
     }
 
     #[test]

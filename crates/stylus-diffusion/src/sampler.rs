@@ -249,6 +249,7 @@ pub fn vae_scale_factor<B: Backend>(model: &StableDiffusion<B>) -> usize {
 
 fn latent_shape(job: &SampleJob, factor: usize, channels: usize) -> Result<LatentShape> {
     let params = &job.sampling;
+    params.validate()?;
     let (width, height) = (params.width as usize, params.height as usize);
     let fits = |side: usize| side > 0 && side.is_multiple_of(8) && side.is_multiple_of(factor);
     if !fits(width) || !fits(height) {

@@ -50,6 +50,25 @@ pub struct SafetensorsHeader {
     pub tensors: BTreeMap<String, TensorInfo>,
 }
 
+/// What a file that is not safetensors seems to be, from its first bytes.
+fn looks_like(start: &[u8; 8]) -> &'static str {
+    if start.starts_with(b"PK\x03\x04") {
+        "a zip archive, like PyTorch .pt/.ckpt pickles, which are refused because loading them \
+         can run code"
+    } else if start[0] == 0x80 && start[1] <= 5 {
+        "a Python pickle, refused because loading it can run code"
+    } else if start.starts_with(b"GGUF") {
+        "a GGUF file"
+    } else if start
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        "it starts with text"
+    } else {
+        "unknown content"
+    }
+}
+
 /// Reads the header of a safetensors file without reading its tensors.
 pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
     let invalid = |message: String| StylusError::Safetensors {
@@ -67,7 +86,9 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES {
         return Err(invalid(format!(
-            "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+            "not a safetensors file ({}): its first 8 bytes announce a {header_len}-byte \
+             header, over the {MAX_HEADER_BYTES}-byte limit",
+            looks_like(&len_bytes)
         )));
     }
     if 8 + header_len > file_len {
@@ -288,10 +309,8 @@ pub fn read_lora_folder(dir: &Path) -> CatalogRead {
         read.items_read += 1;
         match entry_from_lora_file(&file) {
             Ok(entry) => read.entries.push(entry),
-            Err(err) => {
-                tracing::warn!(error = %err, "skipping LoRA file");
-                read.malformed.push(err);
-            }
+            // Reported by the caller (once), with the rest of `malformed`.
+            Err(err) => read.malformed.push(err),
         }
     }
     read

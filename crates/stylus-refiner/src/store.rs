@@ -5,7 +5,10 @@
 //!   manifest.json        format + version, embedder id and dim, count, refiners,
 //!                        sha256 and size of every other file
 //!   docs.jsonl           one AdapterDoc per line, in vector order
-//!   vectors.safetensors  one f32 tensor `vectors` of shape [count, dim]
+//!   vectors.safetensors  one f32 tensor `vectors` of shape [count, dim] (dense embedders), or
+//!   vectors.sparse.safetensors  the same rows in CSR form (mostly-zero vectors, like the lexical
+//!                        embedder's): `indptr` u64 [count + 1], `indices` u32 [nnz],
+//!                        `values` f32 [nnz] (15x smaller for the 4096-dim lexical vectors)
 //!   ...                  files other components register (lexical IDF table, HNSW graph)
 //! ```
 //!
@@ -33,6 +36,68 @@ pub const DOCS_FILE: &str = "docs.jsonl";
 pub const VECTORS_FILE: &str = "vectors.safetensors";
 /// The tensor name inside [`VECTORS_FILE`].
 pub const VECTORS_TENSOR: &str = "vectors";
+/// The sparse (CSR) form of the vectors, written instead of [`VECTORS_FILE`] when at most
+/// [`SPARSE_MAX_DENSITY`] of the values are non-zero.
+pub const SPARSE_VECTORS_FILE: &str = "vectors.sparse.safetensors";
+/// Share of non-zero values up to which vectors are stored sparse.
+pub const SPARSE_MAX_DENSITY: f64 = 0.2;
+
+/// A store's vectors: dense rows, or the non-zeros of each row (CSR).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreVectors {
+    /// Row-major `[count, dim]`.
+    Dense(Vec<f32>),
+    /// Row `i` has the values `values[indptr[i]..indptr[i + 1]]` at the dimensions
+    /// `indices[indptr[i]..indptr[i + 1]]` (increasing), zeros elsewhere.
+    Sparse {
+        indptr: Vec<u64>,
+        indices: Vec<u32>,
+        values: Vec<f32>,
+    },
+}
+
+impl StoreVectors {
+    /// The CSR form of dense rows of `dim` values.
+    pub fn sparse_from_dense(dim: usize, dense: &[f32]) -> Self {
+        let (indptr, indices, values) = csr_of(dim, dense);
+        Self::Sparse {
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    /// Row `index` as `dim` dense values.
+    pub fn row(&self, index: usize, dim: usize) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Self::Dense(values) => {
+                std::borrow::Cow::Borrowed(&values[index * dim..(index + 1) * dim])
+            }
+            Self::Sparse {
+                indptr,
+                indices,
+                values,
+            } => {
+                let mut row = vec![0f32; dim];
+                let (a, b) = (indptr[index] as usize, indptr[index + 1] as usize);
+                for (&d, &v) in indices[a..b].iter().zip(&values[a..b]) {
+                    row[d as usize] = v;
+                }
+                std::borrow::Cow::Owned(row)
+            }
+        }
+    }
+
+    /// All rows, dense, row-major.
+    pub fn to_dense(&self, rows: usize, dim: usize) -> Vec<f32> {
+        match self {
+            Self::Dense(values) => values.clone(),
+            Self::Sparse { .. } => (0..rows)
+                .flat_map(|i| self.row(i, dim).into_owned())
+                .collect(),
+        }
+    }
+}
 
 /// The store's table of contents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +152,7 @@ pub struct StylusDocs {
     dir: PathBuf,
     manifest: Manifest,
     docs: Vec<AdapterDoc>,
-    vectors: Vec<f32>,
+    vectors: StoreVectors,
     by_id: HashMap<AdapterId, usize>,
 }
 
@@ -126,11 +191,26 @@ impl StylusDocs {
             })?;
             docs_bytes.push(b'\n');
         }
-        let vectors_bytes = f32_tensor_bytes(VECTORS_TENSOR, &[docs.len(), dim], &vectors);
+        let nonzero = vectors.iter().filter(|v| **v != 0.0).count();
+        let sparse =
+            !vectors.is_empty() && (nonzero as f64) <= SPARSE_MAX_DENSITY * vectors.len() as f64;
+        let (vectors_file, vectors_bytes, vectors) = if sparse {
+            let (indptr, indices, values) = csr_of(dim, &vectors);
+            let bytes = sparse_tensor_bytes(&indptr, &indices, &values);
+            let csr = StoreVectors::Sparse {
+                indptr,
+                indices,
+                values,
+            };
+            (SPARSE_VECTORS_FILE, bytes, csr)
+        } else {
+            let bytes = f32_tensor_bytes(VECTORS_TENSOR, &[docs.len(), dim], &vectors);
+            (VECTORS_FILE, bytes, StoreVectors::Dense(vectors))
+        };
 
         let mut files = vec![
             (DOCS_FILE.to_string(), docs_bytes),
-            (VECTORS_FILE.to_string(), vectors_bytes),
+            (vectors_file.to_string(), vectors_bytes),
         ];
         files.extend(extra_files.into_iter().map(|f| (f.name, f.bytes)));
         let refiners: BTreeSet<String> = docs.iter().map(|d| d.refiner.clone()).collect();
@@ -170,42 +250,80 @@ impl StylusDocs {
         })
     }
 
-    /// Opens and verifies the store at `dir`.
+    /// Opens and verifies the store at `dir`. A store caught in the middle of being swapped by
+    /// a writer (its lock held) is opened again once the writer is done, so a reader sees the old
+    /// store or the new one.
     pub fn open(dir: &Path) -> Result<Self> {
-        let manifest = read_manifest(dir)?;
-        for required in [DOCS_FILE, VECTORS_FILE] {
-            if !manifest.files.contains_key(required) {
-                return Err(StylusError::store(
-                    dir.join(MANIFEST_FILE),
-                    format!("lists no {required}"),
-                ));
+        match Self::open_unlocked(dir) {
+            Ok(store) => Ok(store),
+            Err(err) => {
+                if StoreLock::wait_for_writer(dir) {
+                    Self::open_unlocked(dir)
+                } else {
+                    Err(err)
+                }
             }
         }
+    }
+
+    /// Opens and verifies the store at `dir` without waiting for a writer (for the writer
+    /// itself, which holds the [`StoreLock`]).
+    pub fn open_unlocked(dir: &Path) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        if !manifest.files.contains_key(DOCS_FILE) {
+            return Err(StylusError::store(
+                dir.join(MANIFEST_FILE),
+                format!("lists no {DOCS_FILE}"),
+            ));
+        }
+        let sparse = manifest.files.contains_key(SPARSE_VECTORS_FILE);
+        let vectors_name = if sparse {
+            SPARSE_VECTORS_FILE
+        } else {
+            VECTORS_FILE
+        };
+        if !manifest.files.contains_key(vectors_name) {
+            return Err(StylusError::store(
+                dir.join(MANIFEST_FILE),
+                format!("lists no {VECTORS_FILE} (nor {SPARSE_VECTORS_FILE})"),
+            ));
+        }
+        let started = std::time::Instant::now();
         let mut docs_bytes = Vec::new();
         let mut vectors_bytes = Vec::new();
         for (name, entry) in &manifest.files {
             let path = dir.join(name);
-            let buffer = match name.as_str() {
-                DOCS_FILE => Some(&mut docs_bytes),
-                VECTORS_FILE => Some(&mut vectors_bytes),
-                _ => None,
+            let buffer = if name == DOCS_FILE {
+                Some(&mut docs_bytes)
+            } else if name == vectors_name {
+                Some(&mut vectors_bytes)
+            } else {
+                None
             };
             verify_file(&path, entry, buffer)?;
         }
+        let verified = started.elapsed();
 
         let docs_path = dir.join(DOCS_FILE);
-        let mut docs = Vec::with_capacity(manifest.count);
-        for (index, line) in docs_bytes.split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let doc: AdapterDoc = serde_json::from_slice(line).map_err(|e| StylusError::Json {
-                path: docs_path.clone(),
-                line: Some(index + 1),
-                message: e.to_string(),
-            })?;
-            docs.push(doc);
-        }
+        // Lines are parsed in parallel: JSON parsing is most of an open's time.
+        let lines: Vec<(usize, &[u8])> = docs_bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .collect();
+        let docs: Vec<AdapterDoc> = {
+            use rayon::prelude::*;
+            lines
+                .par_iter()
+                .map(|&(index, line)| {
+                    serde_json::from_slice(line).map_err(|e| StylusError::Json {
+                        path: docs_path.clone(),
+                        line: Some(index + 1),
+                        message: e.to_string(),
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
         if docs.len() != manifest.count {
             return Err(StylusError::store(
                 &docs_path,
@@ -226,15 +344,34 @@ impl StylusDocs {
             }
         }
 
-        let vectors_path = dir.join(VECTORS_FILE);
-        let (shape, vectors) = read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
-        let expected = [manifest.count, manifest.embedder.dim];
-        if shape != expected {
-            return Err(StylusError::store(
+        let parsed = started.elapsed();
+        let vectors_path = dir.join(vectors_name);
+        let vectors = if sparse {
+            read_sparse(
                 &vectors_path,
-                format!("tensor shape {shape:?}, the manifest says {expected:?}"),
-            ));
-        }
+                &vectors_bytes,
+                manifest.count,
+                manifest.embedder.dim,
+            )?
+        } else {
+            let (shape, vectors) = read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
+            let expected = [manifest.count, manifest.embedder.dim];
+            if shape != expected {
+                return Err(StylusError::store(
+                    &vectors_path,
+                    format!("tensor shape {shape:?}, the manifest says {expected:?}"),
+                ));
+            }
+            StoreVectors::Dense(vectors)
+        };
+        tracing::debug!(
+            store = %dir.display(),
+            docs = manifest.count,
+            verify_ms = verified.as_secs_f64() * 1e3,
+            parse_docs_ms = (parsed - verified).as_secs_f64() * 1e3,
+            vectors_ms = (started.elapsed() - parsed).as_secs_f64() * 1e3,
+            "store read"
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -252,7 +389,7 @@ impl StylusDocs {
         let mut manifest = read_manifest(dir)?;
         for (name, source) in sources {
             check_extra_name(dir, name)?;
-            if matches!(*name, DOCS_FILE | VECTORS_FILE) {
+            if matches!(*name, DOCS_FILE | VECTORS_FILE | SPARSE_VECTORS_FILE) {
                 return Err(StylusError::store(
                     dir.join(name),
                     "docs and vectors are written with StylusDocs::write, not added",
@@ -320,20 +457,26 @@ impl StylusDocs {
         &self.docs
     }
 
-    /// All vectors, row-major `[len, dim]`.
-    pub fn vectors(&self) -> &[f32] {
+    /// All vectors, dense or sparse as stored.
+    pub fn vectors(&self) -> &StoreVectors {
         &self.vectors
     }
 
-    /// The vector of document `index`.
-    pub fn vector(&self, index: usize) -> &[f32] {
-        let dim = self.dim();
-        &self.vectors[index * dim..(index + 1) * dim]
+    /// The vector of document `index` (`dim` values).
+    pub fn vector(&self, index: usize) -> std::borrow::Cow<'_, [f32]> {
+        self.vectors.row(index, self.dim())
     }
 
     /// The position of an adapter's document.
     pub fn position(&self, id: &AdapterId) -> Option<usize> {
         self.by_id.get(id).copied()
+    }
+
+    /// Whether the manifest lists file `name` with exactly these bytes (size and sha256).
+    pub fn holds_file(&self, name: &str, bytes: &[u8]) -> bool {
+        self.manifest.files.get(name).is_some_and(|entry| {
+            entry.bytes == bytes.len() as u64 && entry.sha256 == hex::encode(Sha256::digest(bytes))
+        })
     }
 
     /// The path of a file the manifest lists (verified when the store was opened).
@@ -345,7 +488,7 @@ impl StylusDocs {
     }
 
     /// Splits the store into its documents and vectors.
-    pub fn into_parts(self) -> (Vec<AdapterDoc>, Vec<f32>) {
+    pub fn into_parts(self) -> (Vec<AdapterDoc>, StoreVectors) {
         (self.docs, self.vectors)
     }
 
@@ -354,8 +497,140 @@ impl StylusDocs {
     pub fn reusable_doc(&self, card: &AdapterCard, refiner_id: &str) -> Option<usize> {
         let index = self.position(&card.id)?;
         let doc = &self.docs[index];
-        (doc.refiner == refiner_id && card_hash(&doc.card) == card_hash(card)).then_some(index)
+        // Field-by-field equality: what the card hash compares, without serializing both cards.
+        (doc.refiner == refiner_id && doc.card == *card).then_some(index)
     }
+}
+
+/// An exclusive lock on the store at a directory, held by a process that writes it (`stylus
+/// index`, `retrieve --build-hnsw`). The lock is an OS file lock (`flock`) on a hidden sibling
+/// file `.NAME.lock` beside the store (not inside it: the store directory is swapped whole), so a
+/// crashed writer never leaves a stale lock. Dropping the guard removes the file and releases it.
+#[derive(Debug)]
+pub struct StoreLock {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl StoreLock {
+    /// The lock file of the store at `dir`.
+    pub fn path_for(dir: &Path) -> Result<PathBuf> {
+        let (parent, name) = parent_and_name(dir)?;
+        Ok(parent.join(format!(".{name}.lock")))
+    }
+
+    /// Takes the lock or fails at once (another writer holds it) with a
+    /// [`StylusError::Store`] that says so.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = Self::path_for(dir)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StylusError::io(parent, e))?;
+        }
+        // The holder removes the file when it is done; a file we opened just before that removal
+        // is locked in vain, so the lock only counts when the path is still our file.
+        for _ in 0..100 {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StylusError::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StylusError::store(
+                        dir,
+                        format!(
+                            "another stylus process is writing this store (lock {} is held); \
+                             wait for it to finish and run again",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(StylusError::io(&path, e)),
+            }
+            if same_file(&file, &path) {
+                use std::io::Write as _;
+                let mut file = file;
+                let _ = writeln!(file, "{}", std::process::id());
+                return Ok(Self {
+                    path,
+                    file: Some(file),
+                });
+            }
+        }
+        Err(StylusError::store(
+            dir,
+            format!("could not take the lock {}", path.display()),
+        ))
+    }
+
+    /// When a writer holds the lock of the store at `dir`, waits (up to 10 s) until it is done
+    /// and returns `true`; `false` at once when no writer was there.
+    pub fn wait_for_writer(dir: &Path) -> bool {
+        let Ok(path) = Self::path_for(dir) else {
+            return false;
+        };
+        let Ok(file) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut waited = false;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return waited,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    waited = true;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // Remove first, then release: a waiting writer that got the old file retries.
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
+/// The parent directory (`.` for a bare name) and the file name of a store directory.
+fn parent_and_name(dir: &Path) -> Result<(PathBuf, String)> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StylusError::store(dir, "a store needs a directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
 }
 
 /// The content hash of a card (sha256 of its JSON form): a changed card is refined again.
@@ -370,6 +645,123 @@ pub fn f32_tensor_bytes(name: &str, shape: &[usize], data: &[f32]) -> Vec<u8> {
     let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes)
         .expect("callers pass data matching the shape");
     safetensors::serialize([(name, view)], None).expect("one small header always serializes")
+}
+
+/// Row offsets, dimensions and values of the non-zeros of dense rows of `dim` values.
+fn csr_of(dim: usize, dense: &[f32]) -> (Vec<u64>, Vec<u32>, Vec<f32>) {
+    let rows = dense.len() / dim.max(1);
+    let mut indptr = Vec::with_capacity(rows + 1);
+    let mut indices = Vec::new();
+    let mut values = Vec::new();
+    indptr.push(0);
+    for row in dense.chunks_exact(dim.max(1)) {
+        for (d, &v) in row.iter().enumerate() {
+            if v != 0.0 {
+                indices.push(d as u32);
+                values.push(v);
+            }
+        }
+        indptr.push(indices.len() as u64);
+    }
+    (indptr, indices, values)
+}
+
+/// The safetensors file of sparse vectors (`indptr`, `indices`, `values`).
+fn sparse_tensor_bytes(indptr: &[u64], indices: &[u32], values: &[f32]) -> Vec<u8> {
+    let indptr_bytes: Vec<u8> = indptr.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let indices_bytes: Vec<u8> = indices.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let values_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        (
+            "indptr",
+            TensorView::new(Dtype::U64, vec![indptr.len()], &indptr_bytes),
+        ),
+        (
+            "indices",
+            TensorView::new(Dtype::U32, vec![indices.len()], &indices_bytes),
+        ),
+        (
+            "values",
+            TensorView::new(Dtype::F32, vec![values.len()], &values_bytes),
+        ),
+    ];
+    let views: Vec<(&str, TensorView<'_>)> = views
+        .into_iter()
+        .map(|(name, view)| (name, view.expect("shapes match the data")))
+        .collect();
+    safetensors::serialize(views, None).expect("three small headers always serialize")
+}
+
+/// Reads and checks sparse vectors: `count + 1` non-decreasing offsets ending at the number of
+/// values, dimensions increasing within a row and below `dim`.
+fn read_sparse(path: &Path, bytes: &[u8], count: usize, dim: usize) -> Result<StoreVectors> {
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| StylusError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let tensor = |name: &str, dtype: Dtype| -> Result<&[u8]> {
+        let view = tensors
+            .tensor(name)
+            .map_err(|e| StylusError::tensor(path, name, e.to_string()))?;
+        if view.dtype() != dtype || view.shape().len() != 1 {
+            return Err(StylusError::tensor(
+                path,
+                name,
+                format!(
+                    "dtype {:?} shape {:?}, expected a {dtype:?} vector",
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+        }
+        Ok(view.data())
+    };
+    let indptr: Vec<u64> = tensor("indptr", Dtype::U64)?
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let indices: Vec<u32> = tensor("indices", Dtype::U32)?
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    let values: Vec<f32> = tensor("values", Dtype::F32)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    let bad = |message: String| Err(StylusError::store(path, message));
+    if indptr.len() != count + 1 {
+        return bad(format!(
+            "{} row offsets, the manifest's count needs {}",
+            indptr.len(),
+            count + 1
+        ));
+    }
+    if indices.len() != values.len() || indptr.last().copied() != Some(values.len() as u64) {
+        return bad(format!(
+            "{} indices and {} values, the offsets end at {:?}",
+            indices.len(),
+            values.len(),
+            indptr.last()
+        ));
+    }
+    for (row, pair) in indptr.windows(2).enumerate() {
+        let (a, b) = (pair[0] as usize, pair[1] as usize);
+        if a > b {
+            return bad(format!("row {row}: offsets decrease"));
+        }
+        let dims = &indices[a..b];
+        if dims.windows(2).any(|w| w[0] >= w[1]) || dims.last().is_some_and(|&d| d as usize >= dim)
+        {
+            return bad(format!(
+                "row {row}: dimensions not increasing or not below {dim}"
+            ));
+        }
+    }
+    Ok(StoreVectors::Sparse {
+        indptr,
+        indices,
+        values,
+    })
 }
 
 /// Reads the f32 tensor `name` of a safetensors file's bytes; returns its shape and values.
@@ -517,15 +909,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// any) is renamed aside and removed. On error the temporary directory is removed and `dir` is
 /// untouched.
 fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| StylusError::store(dir, "a store needs a directory name"))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (parent, name) = parent_and_name(dir)?;
     if dir.exists() {
         let is_store = dir.join(MANIFEST_FILE).is_file();
         let empty = std::fs::read_dir(dir)
@@ -612,7 +996,7 @@ mod tests {
         assert_eq!(opened.docs(), written.docs());
         assert_eq!(opened.vectors(), written.vectors());
         assert_eq!(opened.manifest(), written.manifest());
-        assert_eq!(opened.vector(2), &[6.0 / 7.0, 1.0, 8.0 / 7.0]);
+        assert_eq!(opened.vector(2).as_ref(), &[6.0 / 7.0, 1.0, 8.0 / 7.0]);
         assert_eq!(opened.position(&AdapterId::Civitai(3)), Some(3));
         assert_eq!(opened.embedder_id(), "test-embedder");
         assert_eq!(opened.manifest().refiners, ["card"]);
@@ -637,6 +1021,75 @@ mod tests {
         assert!(opened.file_path("extra.bin").is_none());
         assert!(!dir.join("extra.bin").exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn mostly_zero_vectors_are_stored_sparse_and_read_back_exactly() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sparse");
+        let dim = 50;
+        let mut store = new_store(4);
+        store.dim = dim;
+        store.vectors = vec![0.0; 4 * dim];
+        for (row, d, v) in [(0, 3, 0.5), (0, 49, -1.0), (2, 0, 2.0), (3, 7, 0.25)] {
+            store.vectors[row * dim + d] = v;
+        }
+        let dense = store.vectors.clone();
+        let written = StylusDocs::write(&dir, store).unwrap();
+        assert!(dir.join(SPARSE_VECTORS_FILE).is_file());
+        assert!(!dir.join(VECTORS_FILE).exists());
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.vectors(), written.vectors());
+        assert_eq!(opened.vectors().to_dense(4, dim), dense);
+        assert_eq!(opened.vector(1).as_ref(), &vec![0.0; dim][..]);
+        assert_eq!(opened.vector(0)[49], -1.0);
+
+        // A damaged offset table is an error naming the file (checksums fixed up to reach it).
+        let path = dir.join(SPARSE_VECTORS_FILE);
+        let bad = sparse_tensor_bytes(&[0, 2, 1, 3, 4], &[3, 49, 0, 7], &[0.5, -1.0, 2.0, 0.25]);
+        std::fs::write(&path, bad).unwrap();
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+        manifest
+            .files
+            .insert(SPARSE_VECTORS_FILE.to_string(), hash_file(&path).unwrap());
+        write_manifest(&dir, &manifest).unwrap();
+        let err = StylusDocs::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(SPARSE_VECTORS_FILE) && err.contains("offsets"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_reader_waits_out_a_writer_caught_mid_swap() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        StylusDocs::write(&dir, new_store(2)).unwrap();
+        let lock = StoreLock::acquire(&dir).unwrap();
+        // A second writer fails at once, naming the lock.
+        let err = StoreLock::acquire(&dir).unwrap_err().to_string();
+        assert!(err.contains("another stylus process"), "{err}");
+        // The writer between its two renames: no store at `dir` for a moment.
+        let aside = root.path().join(".store.old");
+        std::fs::rename(&dir, &aside).unwrap();
+        let writer = std::thread::spawn({
+            let (dir, aside) = (dir.clone(), aside.clone());
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::rename(&aside, &dir).unwrap();
+                drop(lock);
+            }
+        });
+        let opened = StylusDocs::open(&dir).unwrap();
+        assert_eq!(opened.len(), 2);
+        writer.join().unwrap();
+        // The lock file is gone with its holder; the next writer gets it.
+        assert!(!StoreLock::path_for(&dir).unwrap().exists());
+        drop(StoreLock::acquire(&dir).unwrap());
+        // Without a writer, a broken store is an error at once.
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(StylusDocs::open(&dir).is_err());
     }
 
     #[test]

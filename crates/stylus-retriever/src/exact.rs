@@ -61,6 +61,8 @@ impl ExactRetriever {
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Hit>>> {
         check_k(k)?;
+        // More than every document is every document (a huge K allocates nothing more).
+        let k = k.min(self.docs().len().max(1));
         let queries = queries
             .iter()
             .map(|q| normalized_query(q.as_ref(), self.vectors.dim()))

@@ -115,6 +115,8 @@ impl HnswRetriever {
         filter: &RetrievalFilter,
     ) -> Result<Vec<Vec<Hit>>> {
         check_k(k)?;
+        // More than every document is every document (a huge K allocates nothing more).
+        let k = k.min(self.exact.docs().len().max(1));
         let dim = self.exact.vectors().dim();
         let queries = queries
             .iter()

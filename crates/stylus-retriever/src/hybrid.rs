@@ -7,9 +7,12 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 pub use stylus_core::reciprocal_rank_fusion;
+
 use stylus_core::{
-    AdapterDoc, Candidate, Query, Result, RetrievalFilter, RetrievalMode, Retriever,
+    AdapterDoc, AdapterId, Candidate, Evidence, ExplainedCandidate, Query, Result, RetrievalFilter,
+    RetrievalMode, Retriever,
 };
 
 use crate::exact::check_k;
@@ -116,28 +119,60 @@ impl Retriever for HybridRetriever {
         k: usize,
         filter: &RetrievalFilter,
     ) -> Result<Vec<Candidate>> {
+        Ok(self
+            .retrieve_explained(query, k, filter)?
+            .into_iter()
+            .map(|e| e.candidate)
+            .collect())
+    }
+
+    /// The fused ranking, each candidate with its rank and score in the vector search and in
+    /// BM25 (both read to the fusion depth).
+    fn retrieve_explained(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<ExplainedCandidate>> {
         check_k(k)?;
         let depth = self.fusion.depth.max(k);
-        let dense: Vec<Arc<AdapterDoc>> = self
-            .dense
-            .retrieve(query, depth, filter)?
-            .into_iter()
-            .map(|c| c.doc)
-            .collect();
+        let dense_hits = self.dense.retrieve(query, depth, filter)?;
+        let dense: Vec<Arc<AdapterDoc>> = dense_hits.iter().map(|c| Arc::clone(&c.doc)).collect();
         let docs = self.lexical.docs();
-        let lexical: Vec<Arc<AdapterDoc>> = self
-            .lexical
-            .search(query.text, depth, filter)?
-            .into_iter()
+        let lexical_hits = self.lexical.search(query.text, depth, filter)?;
+        let lexical: Vec<Arc<AdapterDoc>> = lexical_hits
+            .iter()
             .map(|h| Arc::clone(&docs[h.index]))
             .collect();
+        let evidence = |scores: Vec<(&AdapterId, f32)>| -> HashMap<AdapterId, Evidence> {
+            scores
+                .into_iter()
+                .enumerate()
+                .map(|(i, (id, score))| (id.clone(), Evidence { rank: i + 1, score }))
+                .collect()
+        };
+        let vector = evidence(dense_hits.iter().map(|c| (c.doc.id(), c.score)).collect());
+        let bm25 = evidence(
+            lexical
+                .iter()
+                .zip(&lexical_hits)
+                .map(|(d, h)| (d.id(), h.score))
+                .collect(),
+        );
         // With no dense weight, dense-only documents still come after every lexical hit (their
         // fused score is 0 and ties keep first-appearance order, lexical first).
         let rankings: [(&[Arc<AdapterDoc>], f32); 2] = [
             (&lexical, self.fusion.lexical_weight),
             (&dense, self.fusion.dense_weight),
         ];
-        Ok(reciprocal_rank_fusion(&rankings, self.fusion.rrf_k, k))
+        Ok(reciprocal_rank_fusion(&rankings, self.fusion.rrf_k, k)
+            .into_iter()
+            .map(|candidate| ExplainedCandidate {
+                vector: vector.get(candidate.doc.id()).copied(),
+                bm25: bm25.get(candidate.doc.id()).copied(),
+                candidate,
+            })
+            .collect())
     }
 }
 

@@ -67,7 +67,7 @@ pub struct LexicalIndex {
     docs: Vec<Arc<AdapterDoc>>,
     config: LexicalConfig,
     /// Per term: (document, weighted term frequency).
-    postings: HashMap<String, Vec<(u32, f32)>>,
+    postings: HashMap<String, Vec<(u32, f32)>, foldhash::fast::RandomState>,
     /// Weighted length of each document.
     lengths: Vec<f32>,
     mean_length: f32,
@@ -76,24 +76,34 @@ pub struct LexicalIndex {
 
 impl LexicalIndex {
     pub fn build(docs: Vec<Arc<AdapterDoc>>, config: LexicalConfig) -> Self {
-        let mut postings: HashMap<String, Vec<(u32, f32)>> = HashMap::new();
-        let mut lengths = Vec::with_capacity(docs.len());
-        for (i, doc) in docs.iter().enumerate() {
-            let mut tf: HashMap<String, f32> = HashMap::new();
-            let card = &doc.card;
-            let fields = [
-                (card.title.as_str(), config.title_weight),
-                (&card.tags.join(" "), config.tags_weight),
-                (&card.trigger_words.join(" "), config.trigger_words_weight),
-                (doc.description.as_str(), config.description_weight),
-            ];
-            let mut length = 0.0;
-            for (text, weight) in fields {
-                for token in tokens(text) {
-                    *tf.entry(token).or_default() += weight;
-                    length += weight;
+        use rayon::prelude::*;
+        // Tokenizing is most of the work (it runs on every store open): documents in parallel,
+        // then one merge in document order, so postings are sorted by document.
+        let per_doc: Vec<(Vec<(String, f32)>, f32)> = docs
+            .par_iter()
+            .map(|doc| {
+                let mut tf: HashMap<String, f32, foldhash::fast::RandomState> = HashMap::default();
+                let card = &doc.card;
+                let fields = [
+                    (card.title.as_str(), config.title_weight),
+                    (&card.tags.join(" "), config.tags_weight),
+                    (&card.trigger_words.join(" "), config.trigger_words_weight),
+                    (doc.description.as_str(), config.description_weight),
+                ];
+                let mut length = 0.0;
+                for (text, weight) in fields {
+                    for token in tokens(text) {
+                        *tf.entry(token).or_default() += weight;
+                        length += weight;
+                    }
                 }
-            }
+                (tf.into_iter().collect(), length)
+            })
+            .collect();
+        let mut postings: HashMap<String, Vec<(u32, f32)>, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut lengths = Vec::with_capacity(docs.len());
+        for (i, (tf, length)) in per_doc.into_iter().enumerate() {
             for (term, f) in tf {
                 postings.entry(term).or_default().push((i as u32, f));
             }

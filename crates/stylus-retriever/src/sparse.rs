@@ -52,6 +52,58 @@ impl SparseRetriever {
     }
 }
 
+impl SparseRetriever {
+    /// Indexes vectors given in CSR form: row `i`'s non-zeros are `values[indptr[i]..
+    /// indptr[i + 1]]` at the dimensions `indices[..]` of the same range. Builds the same index
+    /// as [`Self::new`] on the dense rows, without ever holding them.
+    pub fn from_csr(
+        docs: Vec<Arc<AdapterDoc>>,
+        dim: usize,
+        indptr: &[u64],
+        indices: &[u32],
+        values: &[f32],
+    ) -> Result<Self> {
+        let bad = |message: String| Err(StylusError::InvalidArgument(message));
+        if dim == 0 || indptr.len() != docs.len() + 1 || indices.len() != values.len() {
+            return bad(format!(
+                "sparse index: {} documents, {} row offsets, {} indices, {} values",
+                docs.len(),
+                indptr.len(),
+                indices.len(),
+                values.len()
+            ));
+        }
+        if docs.len() > u32::MAX as usize {
+            return bad("sparse index: more than 2^32 documents".into());
+        }
+        let mut counts = vec![0usize; dim];
+        for &d in indices {
+            match counts.get_mut(d as usize) {
+                Some(c) => *c += 1,
+                None => return bad(format!("sparse index: dimension {d} >= {dim}")),
+            }
+        }
+        let mut postings: Vec<Vec<(u32, f32)>> =
+            counts.iter().map(|&c| Vec::with_capacity(c)).collect();
+        for (doc, pair) in indptr.windows(2).enumerate() {
+            let (a, b) = (pair[0] as usize, pair[1] as usize);
+            if a > b || b > values.len() {
+                return bad(format!("sparse index: bad row offsets at row {doc}"));
+            }
+            for (&d, &value) in indices[a..b].iter().zip(&values[a..b]) {
+                if value != 0.0 {
+                    postings[d as usize].push((doc as u32, value));
+                }
+            }
+        }
+        Ok(Self {
+            docs,
+            dim,
+            postings,
+        })
+    }
+}
+
 impl Retriever for SparseRetriever {
     fn dim(&self) -> usize {
         self.dim
@@ -104,7 +156,7 @@ impl Retriever for SparseRetriever {
         // and checking all of them would cost more than the search. Take the best `2k`, keep those
         // that pass, and widen while too few do. Only positive scores here: every document the
         // query does not touch scores 0 and ranks above negative ones.
-        let mut out: Vec<Candidate> = Vec::with_capacity(k);
+        let mut out: Vec<Candidate> = Vec::with_capacity(k.min(hits.len()));
         let mut window = (2 * k).min(hits.len());
         let mut checked = 0;
         let mut reached_nonpositive = false;

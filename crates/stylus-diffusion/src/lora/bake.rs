@@ -324,15 +324,25 @@ fn write_file(
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| StylusError::io(parent, e))?;
     }
-    safetensors::serialize_to_file(
+    // Written beside `out` and renamed over it: a failed or interrupted merge leaves whatever
+    // was at `out` intact.
+    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(tmp_name);
+    let written = safetensors::serialize_to_file(
         tensors.iter().map(|(k, v)| (k.as_str(), v)),
         (!metadata.is_empty()).then_some(metadata),
-        out,
+        &tmp,
     )
     .map_err(|e| StylusError::Safetensors {
         path: out.to_path_buf(),
         message: e.to_string(),
     })
+    .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| StylusError::io(out, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Copies the folder `from` to `to`, except the files in `skip` (written separately).

@@ -255,14 +255,7 @@ pub trait Scheduler: Send + std::fmt::Debug {
 /// The sampler names accepted by [`scheduler_by_name`] (A1111 names in parentheses):
 /// `ddim`, `euler`, `euler_ancestral` (Euler a), `dpmpp_2m` (DPM++ 2M),
 /// `dpmpp_2m_karras` (DPM++ 2M Karras), `pndm` (PLMS).
-pub const SCHEDULER_NAMES: [&str; 6] = [
-    "ddim",
-    "euler",
-    "euler_ancestral",
-    "dpmpp_2m",
-    "dpmpp_2m_karras",
-    "pndm",
-];
+pub const SCHEDULER_NAMES: [&str; 6] = stylus_core::SAMPLER_NAMES;
 
 /// Builds the named scheduler for `steps` steps.
 pub fn scheduler_by_name(

@@ -55,17 +55,3 @@ pub fn hf_snapshot_dir(cache: &Path, repo_id: &str, revision: &str) -> Result<Pa
         ))
     }
 }
-
-/// The repo id (`org/name` or `name`) when `dir` is a snapshot directory of the hub cache.
-pub(crate) fn repo_id_of_snapshot(dir: &Path) -> Option<String> {
-    let snapshots = dir.parent()?;
-    if snapshots.file_name()? != "snapshots" {
-        return None;
-    }
-    let name = snapshots
-        .parent()?
-        .file_name()?
-        .to_str()?
-        .strip_prefix("models--")?;
-    Some(name.replacen("--", "/", 1))
-}

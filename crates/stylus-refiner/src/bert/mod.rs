@@ -50,6 +50,52 @@ pub fn default_minilm_dir() -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".cache/stylus/models/all-MiniLM-L6-v2"))
 }
 
+/// Checks that `dir` holds a model (`config.json`, `model.safetensors`, `tokenizer.json`); the
+/// error says how to get one.
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    let missing: Vec<&str> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StylusError::Model {
+        path: dir.to_owned(),
+        message: format!(
+            "no sentence-transformers model here ({} missing). Get all-MiniLM-L6-v2 with \
+             `tools/fetch-minilm.sh` (installs it in ~/.cache/stylus/models), or give \
+             --embedder bert:DIR / bert:ORG/NAME (a Hugging Face cache entry), or set {}",
+            missing.join(", "),
+            MINILM_DIR_ENV
+        ),
+    })
+}
+
+/// Whether two embedder ids name the same model. Ids of stores written before the id named the
+/// model (`bert:FOLDER:POOLING:LEN:sha256-W`) match by pooling, length and weights digest.
+pub fn same_embedder(a: &str, b: &str) -> bool {
+    fn key(id: &str) -> Option<(&str, &str, &str)> {
+        let parts: Vec<&str> = id.split(':').collect();
+        match parts.as_slice() {
+            ["bert", pooling, len, weights, config] if config.starts_with("config-") => {
+                Some((pooling, len, weights))
+            }
+            ["bert", _folder, pooling, len, weights] if weights.starts_with("sha256-") => {
+                Some((pooling, len, weights))
+            }
+            _ => None,
+        }
+    }
+    if a == b {
+        return true;
+    }
+    match (key(a), key(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// A sentence-transformers BERT model as an [`Embedder`]. Cloning is cheap (the model is shared).
 #[derive(Debug)]
 pub struct BertEmbedder<B: Backend = CpuBackend> {
@@ -111,6 +157,9 @@ impl<B: Backend> BertEmbedder<B> {
     /// Loads the model in `dir` onto `device` of backend `B`.
     pub fn from_dir_on(dir: impl AsRef<Path>, device: B::Device) -> Result<Self> {
         let dir = dir.as_ref();
+        check_model_dir(dir)?;
+        let config_bytes =
+            std::fs::read(dir.join("config.json")).map_err(|e| StylusError::io(dir, e))?;
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let sentence = SentenceConfig::from_dir(dir, &config)?;
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), &config, &sentence)?;
@@ -121,16 +170,17 @@ impl<B: Backend> BertEmbedder<B> {
         let model = BertModel::load(&config, &mut weights, &device)?;
         weights.finish()?;
 
-        let name = hub::repo_id_of_snapshot(dir)
-            .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "bert".to_owned());
         let digest = hex::encode(Sha256::digest(&bytes));
-        // The id changes whenever the vectors would: other weights, pooling or truncation.
+        let config_digest = hex::encode(Sha256::digest(&config_bytes));
+        // The id names the model, not where it lies: it changes whenever the vectors would
+        // (other weights, config, pooling or truncation), and only then, so a store opens
+        // wherever the same model is found (a folder, STYLUS_MINILM_DIR, the HF cache).
         let id = format!(
-            "bert:{name}:{}:{}:sha256-{}",
+            "bert:{}:{}:sha256-{}:config-{}",
             sentence.pooling.name(),
             sentence.max_seq_length,
-            &digest[..12]
+            &digest[..12],
+            &config_digest[..8]
         );
         Ok(BertEmbedder {
             inner: Arc::new(Loaded {
@@ -339,4 +389,33 @@ fn load_tokenizer(
         .map_err(|e| StylusError::model(path, format!("setting truncation: {e}")))?;
     tokenizer.with_padding(None);
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn embedder_ids_name_the_model_not_its_folder() {
+        let new = "bert:mean:256:sha256-53aa51172d14:config-0123abcd";
+        assert!(same_embedder(new, new));
+        // A store written when the id held the folder name opens with the same weights.
+        assert!(same_embedder(
+            "bert:all-MiniLM-L6-v2:mean:256:sha256-53aa51172d14",
+            new
+        ));
+        assert!(same_embedder(
+            new,
+            "bert:sentence-transformers/all-MiniLM-L6-v2:mean:256:sha256-53aa51172d14"
+        ));
+        assert!(!same_embedder("bert:x:mean:256:sha256-ffffffffffff", new));
+        assert!(!same_embedder("bert:x:cls:256:sha256-53aa51172d14", new));
+        assert!(!same_embedder("lexical-tfidf-v1:dim=4096:idf=1", new));
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_model_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("tools/fetch-minilm.sh") && err.contains("config.json"),
+            "{err}"
+        );
+    }
 }
