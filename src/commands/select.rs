@@ -252,7 +252,9 @@ mod tests {
 
     #[test]
     fn bundled_select_gives_the_plan_of_the_issue() {
-        let config = StylusConfig::default();
+        // Four topics with an adapter each: a budget of four (the default is two).
+        let mut config = StylusConfig::default();
+        config.composer.max_adapters = 4;
         let (stylus, _) = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();
         let options = SelectOptions {
             batch: Some(3),
@@ -303,9 +305,10 @@ mod tests {
         assert!(build(&bad, &config, MaskStrategy::All).is_err());
     }
 
-    /// The README's prompt under each retrieval mode: the generic riding pose but not the
-    /// horse-riding adapter for "riding" (a cat is ridden), cat adapters for "cat", falling rain
-    /// (not an umbrella or a rainy street) for "rain", the watercolor style for "watercolor".
+    /// The README's prompt under each retrieval mode, with the paper's budget (3 per topic, no
+    /// cap per prompt): the generic riding pose but not the horse-riding adapter for "riding" (a
+    /// cat is ridden), cat adapters for "cat", falling rain (not an umbrella or a rainy street)
+    /// for "rain", the watercolor style for "watercolor".
     #[test]
     fn the_readme_prompt_gets_no_narrower_adapters_in_any_retrieval_mode() {
         for mode in [
@@ -316,6 +319,8 @@ mod tests {
         ] {
             let mut config = StylusConfig::default();
             config.retriever.mode = mode;
+            config.composer.max_adapters_per_topic = 3;
+            config.composer.max_adapters = usize::MAX;
             let (stylus, _) = build(&args("x"), &config, MaskStrategy::All).unwrap();
             let plan = super::super::runtime()
                 .unwrap()
@@ -341,5 +346,23 @@ mod tests {
                 "{mode:?}"
             );
         }
+    }
+
+    /// The default budget on the README's prompt: two adapters, the first two that fit a topic in
+    /// the reranked order (every name there covers one prompt word; retrieval breaks the tie).
+    #[test]
+    fn the_readme_prompt_gets_two_adapters_by_default() {
+        let config = StylusConfig::default();
+        let (stylus, _) = build(&args("x"), &config, MaskStrategy::All).unwrap();
+        let plan = super::super::runtime()
+            .unwrap()
+            .block_on(stylus.select("a man riding a cat in the rain, watercolor"))
+            .unwrap();
+        let picked: Vec<&str> = plan
+            .topics
+            .iter()
+            .flat_map(|t| t.adapters.iter().map(|a| a.title.as_str()))
+            .collect();
+        assert_eq!(picked, ["Riding Pose", "Soft Watercolor Wash"]);
     }
 }
