@@ -105,6 +105,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         ));
     }
     check_embedder_spec(&args.embedder)?;
+    // Named refiners are checked before anything is read.
+    let (refiner, concurrency) = make_refiner(&args.refiner, config)?;
     // Every local source must exist: a typo must not turn into an empty store.
     for source in &args.civitai {
         let text = source.to_string_lossy();
@@ -175,7 +177,6 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     phases.mark("read");
     let previous = open_previous(&args.out);
     phases.mark("open previous");
-    let (refiner, concurrency) = make_refiner(&args.refiner, config)?;
     let mut counts = RefreshCounts::default();
     let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
