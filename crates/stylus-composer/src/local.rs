@@ -205,20 +205,20 @@ impl LocalComposer {
                         && !GENERIC_HEADS.contains(&w.as_str())
                 })
                 .all(|w| in_prompt(&stem(w)));
+            // The rules a (topic, candidate) pair must pass. Styles name looks, not things, so
+            // the subject rule is theirs only off a style topic, as the whole-name rule;
+            // people passed their own rule above.
+            let allowed = |topic: &TopicTerms| match doc.category {
+                Category::Style => style_named || topic.kind == SegmentKind::Style,
+                _ => people::is_person(doc) || subject_in_prompt,
+            };
             let mut matched = false;
             for (t, topic) in topics.iter().enumerate() {
                 let same_name = similarity.map(|s| s.name[t][c] >= self.synonym_similarity);
-                let same_subject =
-                    similarity.is_some_and(|s| s.subject[t][c] >= self.synonym_similarity);
-                // Styles name looks, not things; people passed their own rule above.
-                let exempt = doc.category == Category::Style || people::is_person(doc);
-                if !exempt && !subject_in_prompt && !same_subject {
-                    continue;
-                }
-                if doc.category == Category::Style
-                    && !style_named
-                    && topic.kind != SegmentKind::Style
-                {
+                // An embedder's synonym of the topic stands in for the subject word.
+                let same_subject = doc.category != Category::Style
+                    && similarity.is_some_and(|s| s.subject[t][c] >= self.synonym_similarity);
+                if !allowed(topic) && !same_subject {
                     continue;
                 }
                 let mut score = topic.match_score(&terms);
@@ -246,10 +246,6 @@ impl LocalComposer {
             // squirrel") fits that topic even when its title, tags and triggers do not cover
             // the topic's head, as long as it passes the rules above. It ranks below every word
             // match.
-            let allowed = |topic: &TopicTerms| match doc.category {
-                Category::Style => style_named || topic.kind == SegmentKind::Style,
-                _ => people::is_person(doc) || subject_in_prompt,
-            };
             if !matched {
                 let name: Vec<String> = terms
                     .name
