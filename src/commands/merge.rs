@@ -31,14 +31,7 @@ pub struct Args {
 
 pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
     if let Some(weight) = args.te_weight {
-        let range = stylus_core::limits::LORA_WEIGHT;
-        if !weight.is_finite() || !range.contains(&weight) {
-            return Err(StylusError::InvalidArgument(format!(
-                "--te-weight {weight}: must be in {}..={}",
-                range.start(),
-                range.end()
-            )));
-        }
+        stylus_core::in_range("--te-weight", weight, &stylus_core::limits::LORA_WEIGHT)?;
     }
     let adapters = args
         .lora

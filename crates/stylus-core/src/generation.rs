@@ -87,14 +87,7 @@ impl SamplingParams {
     /// (as its CLI flag) and the allowed range.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |message: String| Err(crate::StylusError::InvalidArgument(message));
-        if !limits::STEPS.contains(&self.steps) {
-            return bad(format!(
-                "--steps {}: must be in {}..={}",
-                self.steps,
-                limits::STEPS.start(),
-                limits::STEPS.end()
-            ));
-        }
+        in_range("--steps", self.steps, &limits::STEPS)?;
         for (flag, side) in [("--width", self.width), ("--height", self.height)] {
             if !limits::SIDE.contains(&side) || !side.is_multiple_of(8) {
                 return bad(format!(
@@ -104,14 +97,7 @@ impl SamplingParams {
                 ));
             }
         }
-        if !limits::CFG.contains(&self.guidance_scale) {
-            return bad(format!(
-                "--cfg {}: must be in {}..={}",
-                self.guidance_scale,
-                limits::CFG.start(),
-                limits::CFG.end()
-            ));
-        }
+        in_range("--cfg", self.guidance_scale, &limits::CFG)?;
         if !limits::CLIP_SKIP.contains(&self.clip_skip) {
             return bad(format!(
                 "--clip-skip {}: must be 1 (last CLIP layer) or 2 (penultimate)",
@@ -127,6 +113,22 @@ impl SamplingParams {
         }
         Ok(())
     }
+}
+
+/// `Ok` when `value` is in `range` (NaN never is), else an error naming `flag` and the range.
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    flag: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> crate::Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(crate::StylusError::InvalidArgument(format!(
+        "{flag} {value}: must be in {}..={}",
+        range.start(),
+        range.end()
+    )))
 }
 
 impl Default for SamplingParams {

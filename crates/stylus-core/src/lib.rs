@@ -30,7 +30,7 @@ pub use config::{
 pub use error::{Result, StylusError};
 pub use generation::{
     AdapterMergeStats, ExplicitLora, GeneratedImage, GenerationRequest, MergeReport,
-    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplingParams, limits,
+    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplingParams, in_range, limits,
 };
 pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};
