@@ -2,6 +2,7 @@
 //!
 //! - [`local`]: [`LocalComposer`], the offline deterministic composer;
 //! - [`segment`]: cuts a prompt into keyword topics (rule-based, offline);
+//! - [`relevance`]: the model that decides whether a candidate that fits a topic is wanted;
 //! - [`people`]: the one rule both composers apply to characters, celebrities and real people;
 //! - [`masker`]: the paper's mask strategies (`all`, `one_hot_loras`, `one_hot_concepts`);
 //! - [`segmentation_eval`]: our topics against the reference composer's (PartiPrompts).
@@ -12,10 +13,12 @@ pub mod llm;
 pub mod local;
 pub mod masker;
 pub mod people;
+pub mod relevance;
 pub mod segment;
 pub mod segmentation_eval;
 
-pub use local::{DEFAULT_MIN_SCORE, LocalComposer};
+pub use local::{DEFAULT_MIN_SCORE, Fit, LocalComposer};
+pub use relevance::Evidence;
 pub use masker::{MAX_ENUMERATED_MASKS, StrategyMasker};
 pub use segment::{Segment, SegmentKind, segment};
 pub use segmentation_eval::{

@@ -37,7 +37,10 @@ use stylus_core::{
     Result, StylusError, Topic, TopicAdapters,
 };
 
+use serde::Serialize;
+
 use crate::people;
+use crate::relevance::{Evidence, MIN_RELEVANCE_FIRST, MIN_RELEVANCE_NEXT};
 use crate::segment::{Segment, SegmentKind, segment};
 
 /// The default [`LocalComposer::min_score`]: the topic's head word (or most of a topic whose
@@ -166,11 +169,36 @@ impl LocalComposer {
         candidates: &[Candidate],
         similarity: Option<&Similarity>,
     ) -> Composition {
+        let fits = self.fits(prompt, &segments, candidates, similarity);
+        let assigned = self.choose(segments.len(), candidates, fits);
+        Composition {
+            topics: segments
+                .into_iter()
+                .zip(assigned)
+                .map(|(s, cs)| TopicAdapters {
+                    topic: Topic { text: s.text },
+                    adapters: cs.into_iter().map(|c| candidates[c].doc.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The candidates that could serve a topic under the rules, each with its best topic and
+    /// the [`Evidence`] the relevance model weighs, in candidate order.
+    fn fits(
+        &self,
+        prompt: &str,
+        segments: &[Segment],
+        candidates: &[Candidate],
+        similarity: Option<&Similarity>,
+    ) -> Vec<Fit> {
         let topics: Vec<TopicTerms> = segments.iter().map(TopicTerms::new).collect();
         let prompt_words = people::lower_words(prompt);
         let prompt_stems: HashSet<String> = prompt_words.iter().map(|w| stem(w)).collect();
+        let topic_words: HashSet<&String> = topics.iter().flat_map(|t| &t.words).collect();
 
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        let mut terms_of: HashMap<usize, CandidateTerms> = HashMap::new();
         for (c, candidate) in candidates.iter().enumerate() {
             let doc = &candidate.doc;
             if self.config.block_characters
@@ -264,30 +292,80 @@ impl LocalComposer {
                     .position(|topic| allowed(topic) && says(topic))
                 {
                     pairs.push((self.min_score, t, c));
+                    matched = true;
                 }
             }
+            if matched {
+                terms_of.insert(c, terms);
+            }
         }
-        // Candidates in retrieval order, each on its best topic: the order carries the evidence
-        // of the whole prompt ([`Composer::rerank`] put named adapters first), the pair score
-        // only which topic a candidate serves. Ties in prompt order (deterministic).
+        // Each candidate's best topic first; ties in prompt order (deterministic).
         pairs.sort_by(|a, b| a.2.cmp(&b.2).then(b.0.total_cmp(&a.0)).then(a.1.cmp(&b.1)));
-
         let mut best = vec![f32::NEG_INFINITY; segments.len()];
         for &(score, t, _) in &pairs {
             best[t] = best[t].max(score);
         }
-        let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); segments.len()];
-        let mut used = vec![false; candidates.len()];
-        let mut styles = 0;
-        let mut considered = vec![false; candidates.len()];
+        let mut fits: Vec<Fit> = Vec::new();
+        let mut seen = vec![false; candidates.len()];
         for (score, t, c) in pairs {
-            let doc = &candidates[c].doc;
             // A candidate serves its best topic or none.
-            if std::mem::replace(&mut considered[c], true) || score < best[t] - TOPIC_MARGIN {
+            if std::mem::replace(&mut seen[c], true) || score < best[t] - TOPIC_MARGIN {
                 continue;
             }
+            let terms = &terms_of[&c];
+            let doc = &candidates[c].doc;
+            let share = |found: &dyn Fn(&String) -> bool| {
+                topic_words.iter().filter(|w| found(w)).count() as f32
+                    / topic_words.len().max(1) as f32
+            };
+            let name_stems: HashSet<String> = terms.name.iter().map(|w| stem(w)).collect();
+            let tag_stems: HashSet<String> =
+                doc.card.tags.iter().flat_map(|t| words(t)).map(|w| stem(&w)).collect();
+            let trigger_stems: HashSet<String> = doc
+                .card
+                .trigger_words
+                .iter()
+                .flat_map(|t| words(t))
+                .map(|w| stem(&w))
+                .collect();
+            let evidence = Evidence {
+                rank: c,
+                name_said: terms.name_coverage(&prompt_stems),
+                topic_said: share(&|w| name_stems.contains(w)),
+                tags_said: share(&|w| tag_stems.contains(w)),
+                triggers_said: share(&|w| trigger_stems.contains(w)),
+                pair_score: score,
+                category: doc.category,
+                downloads: doc.card.stats.downloads,
+            };
+            fits.push(Fit {
+                candidate: c,
+                topic: t,
+                relevance: evidence.relevance(),
+                evidence,
+            });
+        }
+        fits
+    }
+
+    /// Walks the fits from the most relevant, each on its topic, under the budget and the
+    /// relevance thresholds; returns the chosen candidates per topic.
+    fn choose(&self, topics: usize, candidates: &[Candidate], mut fits: Vec<Fit>) -> Vec<Vec<usize>> {
+        // Stable: equal relevance keeps the reranked order.
+        fits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance));
+        let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); topics];
+        let mut chosen = 0;
+        let mut styles = 0;
+        for fit in fits {
+            let (t, c) = (fit.topic, fit.candidate);
+            let doc = &candidates[c].doc;
+            let least = if chosen == 0 {
+                MIN_RELEVANCE_FIRST
+            } else {
+                MIN_RELEVANCE_NEXT
+            };
             let is_style = doc.category == Category::Style;
-            if used[c]
+            if fit.relevance < least
                 || assigned[t].len() >= self.config.max_adapters_per_topic
                 || (is_style && styles >= self.config.max_style_adapters)
                 || assigned
@@ -297,25 +375,39 @@ impl LocalComposer {
             {
                 continue;
             }
-            if assigned.iter().map(Vec::len).sum::<usize>() >= self.config.max_adapters {
+            if chosen >= self.config.max_adapters {
                 break;
             }
-            used[c] = true;
+            chosen += 1;
             styles += usize::from(is_style);
             assigned[t].push(c);
         }
-
-        Composition {
-            topics: segments
-                .into_iter()
-                .zip(assigned)
-                .map(|(s, cs)| TopicAdapters {
-                    topic: Topic { text: s.text },
-                    adapters: cs.into_iter().map(|c| candidates[c].doc.clone()).collect(),
-                })
-                .collect(),
-        }
+        assigned
     }
+
+    /// The evidence behind a composition: every candidate that could serve a topic, with that
+    /// topic (an index into [`crate::segment`]'s topics) and its relevance. For evaluation and
+    /// for fitting the relevance model (`stylus eval selection --details`).
+    pub async fn explain(&self, prompt: &str, candidates: &[Candidate]) -> Result<Vec<Fit>> {
+        let segments = segment(prompt);
+        let similarity = match &self.semantics {
+            Some(semantics) => Some(semantics.similarity(&segments, candidates).await?),
+            None => None,
+        };
+        Ok(self.fits(prompt, &segments, candidates, similarity.as_ref()))
+    }
+}
+
+/// A candidate that could serve a topic (see [`LocalComposer::explain`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Fit {
+    /// Index into the candidates.
+    pub candidate: usize,
+    /// Index into the prompt's topics.
+    pub topic: usize,
+    pub evidence: Evidence,
+    /// [`Evidence::relevance`].
+    pub relevance: f32,
 }
 
 #[async_trait]

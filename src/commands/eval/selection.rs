@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use stylus_composer::relevance::FEATURE_NAMES;
 use stylus_composer::segmentation_eval::content_words_baseline;
 use stylus_composer::{
     LocalComposer, Prf, ReferenceRow, StrategyMasker, evaluate_segmentation, read_parti_csv,
@@ -72,6 +73,17 @@ struct Detail<'a> {
     candidates: Vec<u64>,
     /// Rank (0-based) of each comparable reference pick in our candidates, if there.
     ranks: Vec<(u64, Option<usize>)>,
+    /// Every candidate that could serve a topic, with the relevance model's evidence: the
+    /// input of `tools/fit_relevance.py`.
+    fits: Vec<FitDetail>,
+}
+
+#[derive(Debug, Serialize)]
+struct FitDetail {
+    id: u64,
+    topic: usize,
+    relevance: f32,
+    features: [f32; FEATURE_NAMES.len()],
 }
 
 /// How many of our candidates a `--details` line lists.
@@ -83,13 +95,13 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
     let catalog = crate::commands::catalog::open(Some(&args.index), config, false)?;
     let docs = catalog.docs.clone();
     let ids: HashSet<u64> = docs.iter().filter_map(|d| civitai_id(d.id())).collect();
+    let composer =
+        Arc::new(LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()));
     let stylus = Stylus::builder()
         .config(config.clone())
         .embedder(catalog.embedder.clone())
         .retriever(catalog.retriever)
-        .composer(Arc::new(
-            LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder),
-        ))
+        .composer(composer.clone())
         .masker(Arc::new(StrategyMasker::new(MaskStrategy::All)))
         .build()?;
     let baseline = LexicalIndex::build(
@@ -149,6 +161,16 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
         let chosen: HashSet<u64> = ours.iter().map(|(id, _)| *id).collect();
         counts.add(&picks, &ranked, &bm25, &chosen);
         if let Some(out) = details.as_mut() {
+            let fits = runtime
+                .block_on(composer.explain(&row.prompt, &candidates))?
+                .into_iter()
+                .map(|fit| FitDetail {
+                    id: civitai_id(candidates[fit.candidate].doc.id()).unwrap_or(0),
+                    topic: fit.topic,
+                    relevance: fit.relevance,
+                    features: fit.evidence.features(),
+                })
+                .collect();
             let detail = Detail {
                 prompt: &row.prompt,
                 reference: row
@@ -174,6 +196,7 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
                     .iter()
                     .map(|p| (*p, ranked.iter().position(|r| r == p)))
                     .collect(),
+                fits,
             };
             let line = serde_json::to_string(&detail).map_err(|e| json_error(e.to_string()))?;
             writeln!(out, "{line}").map_err(|e| StylusError::io("<details>", e))?;
