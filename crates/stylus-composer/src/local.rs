@@ -40,7 +40,7 @@ use stylus_core::{
 use serde::Serialize;
 
 use crate::people;
-use crate::relevance::{Evidence, MIN_RELEVANCE_FIRST, MIN_RELEVANCE_NEXT};
+use crate::relevance::{DEFAULT_MIN_RELEVANCE_FIRST, DEFAULT_MIN_RELEVANCE_NEXT, Evidence};
 use crate::segment::{Segment, SegmentKind, segment};
 
 /// The default [`LocalComposer::min_score`]: the topic's head word (or most of a topic whose
@@ -100,6 +100,8 @@ pub struct LocalComposer {
     config: ComposerConfig,
     min_score: f32,
     synonym_similarity: f32,
+    /// Least relevance of the first adapter and of each further one ([`crate::relevance`]).
+    min_relevance: (f32, f32),
     semantics: Option<Arc<Semantics>>,
 }
 
@@ -109,6 +111,7 @@ impl std::fmt::Debug for LocalComposer {
             .field("config", &self.config)
             .field("min_score", &self.min_score)
             .field("synonym_similarity", &self.synonym_similarity)
+            .field("min_relevance", &self.min_relevance)
             .field(
                 "embedder",
                 &self.semantics.as_ref().map(|s| s.embedder.id()),
@@ -123,6 +126,7 @@ impl LocalComposer {
             config,
             min_score: DEFAULT_MIN_SCORE,
             synonym_similarity: DEFAULT_SYNONYM_SIMILARITY,
+            min_relevance: (DEFAULT_MIN_RELEVANCE_FIRST, DEFAULT_MIN_RELEVANCE_NEXT),
             semantics: None,
         }
     }
@@ -148,6 +152,14 @@ impl LocalComposer {
     /// [`DEFAULT_SYNONYM_SIMILARITY`]).
     pub fn with_synonym_similarity(mut self, similarity: f32) -> Self {
         self.synonym_similarity = similarity;
+        self
+    }
+
+    /// Sets the least relevance ([`crate::relevance`], log-odds) of the composition's first
+    /// adapter and of each further one; `f32::NEG_INFINITY` for both takes every candidate that
+    /// passes the rules, up to the budget.
+    pub fn with_min_relevance(mut self, first: f32, next: f32) -> Self {
+        self.min_relevance = (first, next);
         self
     }
 
@@ -360,9 +372,9 @@ impl LocalComposer {
             let (t, c) = (fit.topic, fit.candidate);
             let doc = &candidates[c].doc;
             let least = if chosen == 0 {
-                MIN_RELEVANCE_FIRST
+                self.min_relevance.0
             } else {
-                MIN_RELEVANCE_NEXT
+                self.min_relevance.1
             };
             let is_style = doc.category == Category::Style;
             if fit.relevance < least
@@ -940,7 +952,9 @@ mod tests {
         prompt: &str,
         candidates: &[Candidate],
     ) -> Vec<(String, Vec<u64>)> {
+        // The rules alone: the relevance model has its own tests.
         LocalComposer::new(config)
+            .with_min_relevance(f32::NEG_INFINITY, f32::NEG_INFINITY)
             .compose_now(prompt, candidates)
             .topics
             .into_iter()
@@ -1343,6 +1357,40 @@ mod tests {
         };
         assert_eq!(count(2), 2);
         assert_eq!(count(3), 3);
+    }
+
+    #[test]
+    fn the_relevance_model_leaves_weak_fits_out_and_asks_more_of_a_second_adapter() {
+        // Both fit a topic under the rules; only the first has the evidence of a wanted adapter
+        // (first in the retrieval, its whole name and its tag said by the prompt).
+        let mut candidates = vec![candidate(1, "Corgi", &["corgi"], Category::Animal)];
+        for id in 2..40 {
+            candidates.push(candidate(id, &format!("Filler {id}"), &[], Category::Concept));
+        }
+        candidates.push(candidate(40, "Sunset Glow", &["sky"], Category::Style));
+        let composer = LocalComposer::new(ComposerConfig::default());
+        let picked = |c: &LocalComposer, prompt: &str, candidates: &[Candidate]| -> Vec<String> {
+            c.compose_now(prompt, candidates)
+                .topics
+                .into_iter()
+                .flat_map(|t| t.adapters)
+                .map(|d| d.card.title.clone())
+                .collect()
+        };
+        assert_eq!(
+            picked(&composer, "a corgi under a sunset glow sky", &candidates),
+            ["Corgi"]
+        );
+        // Without the thresholds the rules take the weak fit too.
+        let rules_only = composer
+            .clone()
+            .with_min_relevance(f32::NEG_INFINITY, f32::NEG_INFINITY);
+        assert_eq!(
+            picked(&rules_only, "a corgi under a sunset glow sky", &candidates),
+            ["Corgi", "Sunset Glow"]
+        );
+        // The same weak fit alone is below even the first adapter's threshold.
+        assert!(picked(&composer, "a sunset glow sky", &candidates[1..]).is_empty());
     }
 
     #[test]

@@ -40,9 +40,21 @@ pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
             let names = name.iter().all(|w| trigger.contains(w))
                 || (raw.contains('_')
                     && !raw.trim().contains(' ')
-                    && trigger.iter().any(|w| name.contains(w)));
+                    && trigger.iter().any(|w| name.contains(w)))
+                || is_made_up_token(raw);
             names && contains_run(prompt_words, &trigger)
         })
+}
+
+/// A trigger made up for one adapter: a single token that starts with a letter and has digits
+/// ("hmn1", "nahida3"). No common word looks like that, so a prompt that says it asks for that
+/// adapter. Counts and sizes ("1girl", "2boys", "4k") start with their digits and are not.
+fn is_made_up_token(trigger: &str) -> bool {
+    let token = trigger.trim();
+    token.chars().next().is_some_and(char::is_alphabetic)
+        && token.chars().count() >= 3
+        && token.chars().all(char::is_alphanumeric)
+        && token.chars().any(|c| c.is_ascii_digit())
 }
 
 /// The words of a person's name in an adapter title: [`title_name`] without the words that
@@ -246,6 +258,10 @@ mod tests {
         assert!(asks_for(&words("noelle silva casting a spell"), &noelle));
         assert!(asks_for(&words("a man, celebrity portrait"), &walter));
         assert!(asks_for(&words("silver hair cosplay"), &noelle));
+        // A made-up trigger token names its adapter; counts like "1girl" do not.
+        let aria = person("Aria Vexley", &["avx2", "1girl", "long hair"]);
+        assert!(asks_for(&words("avx2, smiling, outdoors"), &aria));
+        assert!(!asks_for(&words("1girl, long hair, smiling"), &aria));
         assert_eq!(person_name("90s Keanu Reeves"), ["keanu", "reeves"]);
         assert!(person_name("Old Man").is_empty());
     }
