@@ -41,7 +41,7 @@ use serde::Serialize;
 
 use crate::people;
 use crate::relevance::{DEFAULT_MIN_RELEVANCE_FIRST, DEFAULT_MIN_RELEVANCE_NEXT, Evidence};
-use crate::segment::{Segment, SegmentKind, segment};
+use crate::segment::{Segment, SegmentKind, is_tag_list, segment};
 
 /// The default [`LocalComposer::min_score`]: the topic's head word (or most of a topic whose
 /// head is generic, like "painting") must be matched.
@@ -331,8 +331,13 @@ impl LocalComposer {
                     / topic_words.len().max(1) as f32
             };
             let name_stems: HashSet<String> = terms.name.iter().map(|w| stem(w)).collect();
-            let tag_stems: HashSet<String> =
-                doc.card.tags.iter().flat_map(|t| words(t)).map(|w| stem(&w)).collect();
+            let tag_stems: HashSet<String> = doc
+                .card
+                .tags
+                .iter()
+                .flat_map(|t| words(t))
+                .map(|w| stem(&w))
+                .collect();
             let trigger_stems: HashSet<String> = doc
                 .card
                 .trigger_words
@@ -362,7 +367,12 @@ impl LocalComposer {
 
     /// Walks the fits from the most relevant, each on its topic, under the budget and the
     /// relevance thresholds; returns the chosen candidates per topic.
-    fn choose(&self, topics: usize, candidates: &[Candidate], mut fits: Vec<Fit>) -> Vec<Vec<usize>> {
+    fn choose(
+        &self,
+        topics: usize,
+        candidates: &[Candidate],
+        mut fits: Vec<Fit>,
+    ) -> Vec<Vec<usize>> {
         // Stable: equal relevance keeps the reranked order.
         fits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance));
         let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); topics];
@@ -433,11 +443,22 @@ impl Composer for LocalComposer {
         Ok(self.assign(prompt, segments, candidates, similarity.as_ref()))
     }
 
+    /// No topic queries for a tag list: its tags are already its topics' words, and fusing
+    /// their rankings pushes the adapter its trigger words name off the top.
     fn topic_queries(&self, prompt: &str) -> Vec<String> {
+        if is_tag_list(prompt) {
+            return Vec::new();
+        }
         segment(prompt).into_iter().map(|s| s.text).collect()
     }
 
+    /// A tag list keeps the retriever's order: it names its adapter by trigger words, which the
+    /// retriever already matched, and the name evidence of a few shared words only reorders
+    /// near-ties at the top (Civitai sample prompts, docs/benchmarks.md, Selection).
     fn rerank(&self, prompt: &str, candidates: Vec<Candidate>) -> Vec<Candidate> {
+        if is_tag_list(prompt) {
+            return candidates;
+        }
         let prompt_words = people::lower_words(prompt);
         let prompt_stems: HashSet<String> = words(prompt)
             .filter(|w| !TOPIC_STOPWORDS.contains(&w.as_str()))
@@ -1365,7 +1386,12 @@ mod tests {
         // (first in the retrieval, its whole name and its tag said by the prompt).
         let mut candidates = vec![candidate(1, "Corgi", &["corgi"], Category::Animal)];
         for id in 2..40 {
-            candidates.push(candidate(id, &format!("Filler {id}"), &[], Category::Concept));
+            candidates.push(candidate(
+                id,
+                &format!("Filler {id}"),
+                &[],
+                Category::Concept,
+            ));
         }
         candidates.push(candidate(40, "Sunset Glow", &["sky"], Category::Style));
         let composer = LocalComposer::new(ComposerConfig::default());

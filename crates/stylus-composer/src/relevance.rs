@@ -101,8 +101,8 @@ impl Evidence {
 /// of the prompt suggests (it is a scene adapter that takes over the image).
 const BIAS: f32 = -1.861;
 const WEIGHTS: [f32; 20] = [
-    0.426, -0.783, 1.369, -0.845, 0.974, 0.932, -0.504, 0.083, 0.012, -1.045, 0.000, 0.116,
-    -0.462, -0.090, 0.502, -0.633, 0.355, 1.412, 0.016, -0.184,
+    0.426, -0.783, 1.369, -0.845, 0.974, 0.932, -0.504, 0.083, 0.012, -1.045, 0.000, 0.116, -0.462,
+    -0.090, 0.502, -0.633, 0.355, 1.412, 0.016, -0.184,
 ];
 
 /// The default least relevance of a composition's first adapter
@@ -136,17 +136,33 @@ mod tests {
         assert_eq!(at("name_said"), 0.5);
         assert_eq!(at("animal"), 1.0);
         assert_eq!(at("style"), 0.0);
-        assert!((at("popularity") - 0.5).abs() < 1e-3, "{}", at("popularity"));
+        assert!(
+            (at("popularity") - 0.5).abs() < 1e-3,
+            "{}",
+            at("popularity")
+        );
         assert!((at("log_rank") - 4f32.ln()).abs() < 1e-6);
     }
 
     #[test]
     fn more_evidence_is_more_relevance() {
         let base = evidence();
-        let better_rank = Evidence { rank: 0, ..base.clone() };
-        let named = Evidence { name_said: 1.0, ..base.clone() };
-        let tagged = Evidence { tags_said: 1.0, ..base.clone() };
-        let character = Evidence { category: Category::Character, ..base.clone() };
+        let better_rank = Evidence {
+            rank: 0,
+            ..base.clone()
+        };
+        let named = Evidence {
+            name_said: 1.0,
+            ..base.clone()
+        };
+        let tagged = Evidence {
+            tags_said: 1.0,
+            ..base.clone()
+        };
+        let character = Evidence {
+            category: Category::Character,
+            ..base.clone()
+        };
         assert!(better_rank.relevance() > base.relevance());
         assert!(named.relevance() > base.relevance());
         assert!(tagged.relevance() > base.relevance());

@@ -95,8 +95,9 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
     let catalog = crate::commands::catalog::open(Some(&args.index), config, false)?;
     let docs = catalog.docs.clone();
     let ids: HashSet<u64> = docs.iter().filter_map(|d| civitai_id(d.id())).collect();
-    let composer =
-        Arc::new(LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()));
+    let composer = Arc::new(
+        LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()),
+    );
     let stylus = Stylus::builder()
         .config(config.clone())
         .embedder(catalog.embedder.clone())
