@@ -94,6 +94,40 @@ const RERANK_PROMPT_WORDS: f32 = 8.0;
 /// character with a trigger word our rule cannot tell from a common one ("hmn1").
 const RERANK_PERSON_PENALTY: f32 = 0.3;
 
+/// ...and a candidate one of whose made-up trigger words the prompt says gains this: a prompt
+/// that says "SteamPunkAI coffee machine" asks for the adapter that token belongs to more than
+/// for one named "Coffee Machine" (Civitai sample prompts that are not tag lists,
+/// docs/benchmarks.md, Selection). Trigger words in plain words ("watercolor", "a man") say
+/// nothing the name and the retrieval did not.
+const RERANK_TRIGGER_WEIGHT: f32 = 1.0;
+
+/// True when the prompt (its lower-cased words) says one of the candidate's made-up trigger
+/// tokens: one word with digits, an inner capital or an underscore ("Cu73Cre4ture",
+/// "SteamPunkAI", "robot_maid").
+fn says_a_trigger(prompt_words: &[String], doc: &AdapterDoc) -> bool {
+    let made_up = |token: &str| {
+        let has_letter = token.chars().any(char::is_alphabetic);
+        let inner_capital = token
+            .chars()
+            .zip(token.chars().skip(1))
+            .any(|(a, b)| a.is_lowercase() && b.is_uppercase());
+        token.chars().count() >= 3
+            && has_letter
+            && (token.chars().any(|c| c.is_ascii_digit()) || inner_capital || token.contains('_'))
+            && !token.starts_with(|c: char| c.is_ascii_digit())
+    };
+    doc.card
+        .trigger_words
+        .iter()
+        .flat_map(|raw| raw.split([',', ' ']))
+        .map(str::trim)
+        .filter(|token| made_up(token))
+        .map(people::lower_words)
+        .any(|trigger| {
+            !trigger.is_empty() && prompt_words.windows(trigger.len()).any(|w| w == trigger)
+        })
+}
+
 /// The offline composer (see the module docs for its rules).
 #[derive(Clone)]
 pub struct LocalComposer {
@@ -470,6 +504,7 @@ impl Composer for LocalComposer {
             .powi(2);
         let name_weight = RERANK_NAME_WEIGHT * natural;
         let person_penalty = RERANK_PERSON_PENALTY * natural;
+        let trigger_weight = RERANK_TRIGGER_WEIGHT * natural;
         let mut scored: Vec<(f32, Candidate)> = candidates
             .into_iter()
             .enumerate()
@@ -482,6 +517,8 @@ impl Composer for LocalComposer {
                     && !people::asks_for(&prompt_words, doc)
                 {
                     score -= person_penalty;
+                } else if says_a_trigger(&prompt_words, doc) {
+                    score += trigger_weight;
                 }
                 (score, candidate)
             })
