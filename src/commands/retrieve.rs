@@ -57,7 +57,14 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         let written = if args.json {
             writeln!(out, "{}", json_line(query, &results, &timings))
         } else {
-            print_table(&mut out, query, &results)
+            print_table(&mut out, query, &results).and_then(|()| {
+                writeln!(
+                    out,
+                    "timings: open {:.1} ms (the store, once per run), embed {:.2} ms, search \
+                     {:.2} ms",
+                    timings.open, timings.embed, timings.retrieve
+                )
+            })
         };
         written.map_err(|e| StylusError::io("<stdout>", e))?;
     }
