@@ -589,7 +589,9 @@ fn llm_reply_attempts_are_settable_and_bounded() {
     let config = root.path().join("c.toml");
     std::fs::write(&config, "[network]\nreply_attempts = 1\n").unwrap();
     let config = config.to_str().unwrap().to_string();
-    let cases: [(&[&str], &[(&str, &str)], usize); 4] = [
+    // (flags, environment, requests expected)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 4] = [
         (&["--reply-attempts", "2"], &[], 2),
         (&[], &[("STYLUS_LLM_REPLY_ATTEMPTS", "4")], 4),
         (&["--config", &config], &[], 1),
@@ -686,6 +688,12 @@ fn retrieve_shows_the_evidence_behind_each_rank() {
     let output = stylus(&["retrieve", "--top-k", "5", "a fluffy cat"]);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.lines().nth(1).unwrap().contains("bm25"), "{text}");
+    // Ranks that matched nothing are one line, not a screen of zeros.
+    let output = stylus(&["retrieve", "--top-k", "150", "a fluffy cat"]);
+    let long = String::from_utf8(output.stdout).unwrap();
+    assert!(long.lines().count() < 40, "{long}");
+    assert!(long.contains("more (ranks"), "{long}");
+    assert!(!long.contains(" 0.0000 "), "{long}");
     // The printed timings include the catalog's open, the cost of a one-shot run.
     let last = text.lines().last().unwrap();
     assert!(

@@ -314,7 +314,7 @@ impl Bm25Postings {
             postings as usize,
             term_len as usize,
         );
-        if !c.iter().all(|v| v.is_finite()) || !(mean_length.is_finite() && mean_length > 0.0) {
+        if !(c.iter().all(|v| v.is_finite()) && mean_length.is_finite() && mean_length > 0.0) {
             return Err(bad("non-finite BM25 parameters or mean length".into()));
         }
         let lengths = reader.f32s(docs);
