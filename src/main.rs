@@ -47,6 +47,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "SECS", value_parser = positive_seconds)]
     deadline: Option<f64>,
 
+    /// Chat models (LLM composer, VLM refiner): times one question is asked while the replies
+    /// are unusable, re-asking with the problem (1..=20, default 3). Env: STYLUS_REPLY_ATTEMPTS
+    /// (or STYLUS_LLM_REPLY_ATTEMPTS, ...); config: [network] reply_attempts.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    reply_attempts: Option<u32>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -131,6 +137,7 @@ fn run(cli: Cli) -> Result<(), StylusError> {
         timeout_secs: cli.timeout,
         retries: cli.retries,
         deadline_secs: cli.deadline,
+        reply_attempts: cli.reply_attempts,
     });
     match cli.command {
         Command::Index(args) => commands::index::run(args, &config),

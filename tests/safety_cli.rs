@@ -167,6 +167,100 @@ fn a_second_writer_of_one_store_fails_clearly_while_the_first_holds_the_lock() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+/// The store's saved BM25 postings: read at open; damaged, a typed error naming the file; of
+/// another layout version or missing (an older store), rebuilt in memory with the same ranking.
+#[test]
+fn saved_bm25_postings_damaged_old_or_missing() {
+    use stylus_refiner::store::{FileEntry, MANIFEST_FILE, Manifest};
+    const BM25: &str = "bm25.postings";
+    let root = tempfile::tempdir().unwrap();
+    let store = good_store(root.path());
+    let path = store.join(BM25);
+    let good = std::fs::read(&path).unwrap();
+    let query = |store: &Path| {
+        stylus(&[
+            "retrieve",
+            "--json",
+            "--index",
+            store.to_str().unwrap(),
+            "cyberpunk style",
+        ])
+    };
+    let ranking = |output: &Output| -> Vec<serde_json::Value> {
+        assert!(output.status.success(), "{}", stderr(output));
+        let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        line["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::json!([r["id"], r["bm25"]]))
+            .collect()
+    };
+    let expected = ranking(&query(&store));
+    assert!(expected[0][1]["score"].as_f64().unwrap() > 0.0);
+    // Rewrites the postings file and (with `fix`) its manifest entry.
+    let replace = |bytes: Option<&[u8]>, fix: bool| {
+        let manifest_path = store.join(MANIFEST_FILE);
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        match bytes {
+            Some(bytes) => {
+                std::fs::write(&path, bytes).unwrap();
+                if fix {
+                    manifest.files.insert(BM25.into(), FileEntry::of(bytes));
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+                manifest.files.remove(BM25);
+            }
+        }
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    };
+
+    // One byte flipped: the checksum names the file.
+    let mut flipped = good.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x40;
+    replace(Some(&flipped), false);
+    let output = query(&store);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains(BM25), "{}", stderr(&output));
+    // Truncated with a matching checksum (made by hand): the layout check names it.
+    replace(Some(&good[..good.len() - 4]), true);
+    let output = query(&store);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(BM25) && stderr(&output).contains("damaged"),
+        "{}",
+        stderr(&output)
+    );
+    // Another layout version: rebuilt in memory, same ranking.
+    let mut other = good.clone();
+    other[8] = other[8].wrapping_add(1);
+    replace(Some(&other), true);
+    let output = query(&store);
+    assert!(
+        stderr(&output).contains("rebuilding"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(ranking(&output), expected);
+    // An older store without the file: the same ranking; indexing again saves it.
+    replace(None, false);
+    assert_eq!(ranking(&query(&store)), expected);
+    let output = stylus(&[
+        "index",
+        "--civitai",
+        root.path().join("good.jsonl").to_str().unwrap(),
+        "--out",
+        store.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+    assert_eq!(ranking(&query(&store)), expected);
+}
+
 #[test]
 fn concurrent_index_runs_never_both_write() {
     let root = tempfile::tempdir().unwrap();
@@ -485,6 +579,58 @@ fn a_silent_llm_server_is_given_up_on_within_the_limits_set() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// The number of times a chat model is asked while its replies are unusable: the flag, the
+/// environment and the config set it, within 1..=20.
+#[test]
+fn llm_reply_attempts_are_settable_and_bounded() {
+    use stylus_core::openai::testing::{StubReply, StubServer};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("c.toml");
+    std::fs::write(&config, "[network]\nreply_attempts = 1\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    // (flags, environment, requests expected)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 4] = [
+        (&["--reply-attempts", "2"], &[], 2),
+        (&[], &[("STYLUS_LLM_REPLY_ATTEMPTS", "4")], 4),
+        (&["--config", &config], &[], 1),
+        (&[], &[], 3),
+    ];
+    for (flags, env, asked) in cases {
+        let server = runtime.block_on(StubServer::sequence(vec![StubReply::chat(
+            "sorry, no JSON today",
+        )]));
+        let (output, _) = select_llm(&server.base_url(), flags, env);
+        let err = stderr(&output);
+        assert!(!output.status.success(), "{err}");
+        assert_eq!(server.request_count(), asked, "{flags:?} {env:?}: {err}");
+        assert!(err.contains(&format!("{asked} attempt")), "{err}");
+    }
+    // Out of range, from each source: refused before any request, naming the source.
+    let server = runtime.block_on(StubServer::sequence(vec![StubReply::chat("{}")]));
+    let (output, _) = select_llm(&server.base_url(), &["--reply-attempts", "0"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let (output, _) = select_llm(&server.base_url(), &["--reply-attempts", "21"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let (output, _) = select_llm(&server.base_url(), &[], &[("STYLUS_REPLY_ATTEMPTS", "99")]);
+    let err = stderr(&output);
+    assert!(
+        !output.status.success()
+            && err.contains("STYLUS_REPLY_ATTEMPTS=99")
+            && err.contains("1..=20"),
+        "{err}"
+    );
+    std::fs::write(&config, "[network]\nreply_attempts = 0\n").unwrap();
+    let (output, _) = select_llm(&server.base_url(), &["--config", &config], &[]);
+    let err = stderr(&output);
+    assert!(
+        !output.status.success() && err.contains("network.reply_attempts = 0"),
+        "{err}"
+    );
+    assert_eq!(server.request_count(), 0);
+}
+
 #[test]
 fn escapes_in_prompts_never_reach_the_terminal_or_the_topics() {
     let prompt = "a \u{1b}[31mRED\u{1b}[0m cat\nsitting on a mat\u{7}";
@@ -542,6 +688,18 @@ fn retrieve_shows_the_evidence_behind_each_rank() {
     let output = stylus(&["retrieve", "--top-k", "5", "a fluffy cat"]);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.lines().nth(1).unwrap().contains("bm25"), "{text}");
+    // Ranks that matched nothing are one line, not a screen of zeros.
+    let output = stylus(&["retrieve", "--top-k", "150", "a fluffy cat"]);
+    let long = String::from_utf8(output.stdout).unwrap();
+    assert!(long.lines().count() < 40, "{long}");
+    assert!(long.contains("more (ranks"), "{long}");
+    assert!(!long.contains(" 0.0000 "), "{long}");
+    // The printed timings include the catalog's open, the cost of a one-shot run.
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("timings: open ") && last.contains("search"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -697,7 +855,7 @@ fn an_unchanged_reindex_reuses_everything_and_rewrites_nothing() {
     assert!(output.status.success(), "{}", stderr(&output));
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["unchanged"], true, "{summary}");
-    assert!(summary["phases_s"].as_array().is_some_and(|p| p.len() == 6));
+    assert!(summary["phases_s"].as_array().is_some_and(|p| p.len() == 7));
     assert_eq!(snapshot(&store), before);
     assert_eq!(
         std::fs::metadata(&manifest).unwrap().modified().unwrap(),

@@ -7,23 +7,46 @@
 //! (BM25 over the same documents, fused by reciprocal rank fusion), or `auto` (the default: `bm25`
 //! for lexical vectors, `hybrid` for semantic ones).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stylus_core::{AdapterDoc, Embedder, Retriever, StylusConfig, StylusError};
+use stylus_core::{
+    AdapterDoc, AdapterId, Candidate, Embedder, ExplainedCandidate, Query, RetrievalFilter,
+    Retriever, StylusConfig, StylusError,
+};
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir, same_embedder};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
-use stylus_refiner::store::{StoreLock, StoreVectors, StylusDocs};
+use stylus_refiner::store::{DocLines, StoreLock, StoreVectors, StylusDocs};
+use stylus_retriever::lexical::{BM25_FILE, BM25_FORMAT_VERSION, Bm25Postings};
 use stylus_retriever::persist::MANIFEST;
-use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
+use stylus_retriever::{
+    ExactRetriever, HnswRetriever, LexicalConfig, LexicalIndex, SparseRetriever, VectorMatrix,
+    hybrid,
+};
 
 /// An embedder, the retriever over the vectors it made, and the documents it searches.
 pub(crate) struct Catalog {
     pub embedder: Arc<dyn Embedder>,
+    /// Its candidates are whole documents.
     pub retriever: Arc<dyn Retriever>,
+    /// The documents searched; from a store, without their long texts (see
+    /// [`Catalog::whole_docs`]).
     pub docs: Vec<Arc<AdapterDoc>>,
+    /// A store's document lines, parsed whole on demand.
+    lines: Option<Arc<DocLines>>,
     /// Milliseconds the open took (reading, verifying, building the in-memory indexes).
     pub open_ms: f64,
+}
+
+impl Catalog {
+    /// Every document, whole.
+    pub fn whole_docs(&self) -> Result<Vec<Arc<AdapterDoc>>, StylusError> {
+        match &self.lines {
+            Some(lines) => lines.all(),
+            None => Ok(self.docs.clone()),
+        }
+    }
 }
 
 /// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
@@ -33,8 +56,9 @@ pub(crate) fn open(
     config: &StylusConfig,
     build_hnsw: bool,
 ) -> Result<Catalog, StylusError> {
+    let index_dir = index;
     let started = std::time::Instant::now();
-    let (embedder, docs, dense, lexical) = match index {
+    let (embedder, docs, dense, lexical, bm25, lines) = match index {
         Some(dir) => open_store(dir, config, build_hnsw)?,
         None if build_hnsw => {
             return Err(StylusError::InvalidArgument(
@@ -47,10 +71,41 @@ pub(crate) fn open(
             let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
             let dense = SparseRetriever::new(docs.clone(), dim, &catalog.vectors)?;
             let embedder: Arc<dyn Embedder> = Arc::new(catalog.embedder);
-            (embedder, docs, Arc::new(dense) as Arc<dyn Retriever>, true)
+            (
+                embedder,
+                docs,
+                Arc::new(dense) as Arc<dyn Retriever>,
+                true,
+                None,
+                None,
+            )
         }
     };
-    let retriever = hybrid::with_mode(config.retriever.mode, dense, docs.clone(), lexical);
+    let retriever = hybrid::with_mode_from(config.retriever.mode, dense, lexical, || match bm25 {
+        Some(saved) => LexicalIndex::from_postings(docs.clone(), saved),
+        None => {
+            let started = std::time::Instant::now();
+            // BM25 reads the long texts: the whole documents.
+            let whole = match &lines {
+                Some(lines) => lines.all()?,
+                None => docs.clone(),
+            };
+            let index = LexicalIndex::build(whole, LexicalConfig::default());
+            if let Some(dir) = index_dir {
+                tracing::info!(
+                    store = %dir.display(),
+                    build_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "the store has no saved BM25 index ({BM25_FILE}, written by `stylus \
+                     index` since issue 20): built it in memory; index again to save it"
+                );
+            }
+            Ok(index)
+        }
+    })?;
+    let retriever: Arc<dyn Retriever> = match &lines {
+        Some(lines) => Arc::new(WholeDocs::new(retriever, Arc::clone(lines), &docs)),
+        None => retriever,
+    };
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(
         store = %index.map_or("<bundled>".into(), |d| d.display().to_string()),
@@ -62,20 +117,33 @@ pub(crate) fn open(
         embedder,
         retriever,
         docs,
+        lines,
         open_ms,
     })
 }
 
-/// Embedder, documents, the dense retriever, and whether its vectors are lexical.
+/// Embedder, documents (light), the dense retriever, whether its vectors are lexical, the
+/// store's saved BM25 postings (when it has current ones for the default BM25 parameters) and
+/// the whole documents' lines.
 type Opened = (
     Arc<dyn Embedder>,
     Vec<Arc<AdapterDoc>>,
     Arc<dyn Retriever>,
     bool,
+    Option<Bm25Postings>,
+    Option<Arc<DocLines>>,
 );
 
 fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Opened, StylusError> {
-    let store = StylusDocs::open(dir)?;
+    let started = std::time::Instant::now();
+    let mut store = StylusDocs::open_light(dir, &[BM25_FILE])?;
+    let lines = store.doc_lines();
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    let bm25 = match store.take_kept_file(BM25_FILE) {
+        None => None,
+        Some(bytes) => saved_postings(&dir.join(BM25_FILE), &bytes, store.len())?,
+    };
+    let bm25_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
     let embedder = store_embedder(&store)?;
     let embedder_id = store.embedder_id().to_string();
     let dim = store.dim();
@@ -94,7 +162,8 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
             } => SparseRetriever::from_csr(docs.clone(), dim, indptr, indices, values)?,
             StoreVectors::Dense(dense) => SparseRetriever::new(docs.clone(), dim, dense)?,
         };
-        return Ok((embedder, docs, Arc::new(sparse), true));
+        log_open(dir, read_ms, bm25_ms, started);
+        return Ok((embedder, docs, Arc::new(sparse), true, bm25, lines));
     }
     let vectors = match vectors {
         StoreVectors::Dense(dense) => dense,
@@ -112,7 +181,148 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     } else {
         Arc::new(ExactRetriever::new(docs.clone(), vectors)?)
     };
-    Ok((embedder, docs, dense, lexical))
+    log_open(dir, read_ms, bm25_ms, started);
+    Ok((embedder, docs, dense, lexical, bm25, lines))
+}
+
+/// A retriever over light documents whose candidates come out whole (parsed from the store's
+/// lines when first returned).
+struct WholeDocs {
+    inner: Arc<dyn Retriever>,
+    lines: Arc<DocLines>,
+    positions: HashMap<AdapterId, usize>,
+}
+
+impl WholeDocs {
+    fn new(inner: Arc<dyn Retriever>, lines: Arc<DocLines>, docs: &[Arc<AdapterDoc>]) -> Self {
+        let positions = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id().clone(), i))
+            .collect();
+        Self {
+            inner,
+            lines,
+            positions,
+        }
+    }
+
+    fn whole(&self, candidate: Candidate) -> Result<Candidate, StylusError> {
+        let Some(&index) = self.positions.get(candidate.doc.id()) else {
+            // Not one of the store's documents: nothing to complete.
+            return Ok(candidate);
+        };
+        Ok(Candidate {
+            doc: self.lines.doc(index)?,
+            score: candidate.score,
+        })
+    }
+}
+
+impl Retriever for WholeDocs {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn retrieve(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<Candidate>, StylusError> {
+        self.inner
+            .retrieve(query, k, filter)?
+            .into_iter()
+            .map(|c| self.whole(c))
+            .collect()
+    }
+
+    fn retrieve_explained(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<ExplainedCandidate>, StylusError> {
+        self.inner
+            .retrieve_explained(query, k, filter)?
+            .into_iter()
+            .map(|e| {
+                Ok(ExplainedCandidate {
+                    candidate: self.whole(e.candidate)?,
+                    ..e
+                })
+            })
+            .collect()
+    }
+
+    fn retrieve_batch(
+        &self,
+        queries: &[Query<'_>],
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<Vec<Candidate>>, StylusError> {
+        self.inner
+            .retrieve_batch(queries, k, filter)?
+            .into_iter()
+            .map(|list| list.into_iter().map(|c| self.whole(c)).collect())
+            .collect()
+    }
+}
+
+fn log_open(dir: &Path, read_ms: f64, bm25_ms: f64, started: std::time::Instant) {
+    tracing::debug!(
+        store = %dir.display(),
+        read_ms,
+        bm25_ms,
+        embedder_and_vector_index_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms - bm25_ms,
+        "store opened"
+    );
+}
+
+/// The store's saved BM25 postings, checked. A file of another layout version (an older or newer
+/// stylus wrote it) or made with other BM25 parameters is skipped (the index is rebuilt in
+/// memory); a damaged one is an error naming it.
+fn saved_postings(
+    path: &Path,
+    bytes: &[u8],
+    docs: usize,
+) -> Result<Option<Bm25Postings>, StylusError> {
+    match Bm25Postings::file_version(bytes) {
+        Some(BM25_FORMAT_VERSION) => {}
+        Some(version) => {
+            tracing::warn!(
+                path = %path.display(),
+                "BM25 postings of format v{version}, this build reads v{BM25_FORMAT_VERSION}: \
+                 rebuilding them in memory (index again to save them)"
+            );
+            return Ok(None);
+        }
+        None => {
+            return Err(StylusError::store(
+                path,
+                "not a BM25 postings file (bad magic)",
+            ));
+        }
+    }
+    let postings = Bm25Postings::from_bytes(bytes, path)?;
+    if postings.doc_count() != docs {
+        return Err(StylusError::store(
+            path,
+            format!(
+                "BM25 postings of {} documents, the store has {docs}",
+                postings.doc_count()
+            ),
+        ));
+    }
+    if postings.config() != LexicalConfig::default() {
+        tracing::info!(path = %path.display(), "BM25 postings made with other parameters: rebuilding them in memory");
+        return Ok(None);
+    }
+    Ok(Some(postings))
 }
 
 /// The embedder a store was built with: the lexical one from its IDF table, else the MiniLM

@@ -7,7 +7,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use stylus_core::openai::{OpenAiClient, OpenAiConfig};
-use stylus_core::{AdapterCard, Embedder, Refiner, StylusConfig, StylusError};
+use stylus_core::{AdapterCard, AdapterDoc, Embedder, Refiner, StylusConfig, StylusError};
 use stylus_refiner::bert::{BertEmbedder, CpuBackend, default_minilm_dir};
 use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::{CatalogRead, read_civitai_paths};
@@ -17,8 +17,10 @@ use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
-use stylus_refiner::store::{MANIFEST_FILE, NewStore, StoreLock, StylusDocs};
+use stylus_refiner::store::{ExtraFile, MANIFEST_FILE, NewStore, StoreLock, StylusDocs};
 use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
+use stylus_retriever::LexicalConfig;
+use stylus_retriever::lexical::{BM25_FILE, Bm25Postings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -163,7 +165,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         return Err(StylusError::store(
             &args.out,
             format!(
-                "nothing to index: {items_read} item(s) read, {} malformed, {skipped} filtered                  out, 0 adapters kept; {} (check the --civitai / --lora-dir paths)",
+                "nothing to index: {items_read} item(s) read, {} malformed, {skipped} filtered \
+                 out, 0 adapters kept; {} (check the --civitai / --lora-dir paths)",
                 malformed.len(),
                 if args.out.exists() {
                     "the existing store was left untouched"
@@ -178,7 +181,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let previous = open_previous(&args.out);
     phases.mark("open previous");
     let mut counts = RefreshCounts::default();
-    let (docs, vectors, embedder_id, dim, extra_files) = runtime.block_on(async {
+    let (docs, vectors, embedder_id, dim, mut extra_files) = runtime.block_on(async {
         let bar = progress_bar(cards.len(), "refining");
         let docs = refine_cards(
             &cards,
@@ -214,6 +217,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         phases.mark("embed");
         Ok::<_, StylusError>((docs, vectors, embedder.id(), embedder.dim(), extra_files))
     })?;
+    extra_files.push(bm25_file(&docs, previous.as_ref(), &args.out));
+    phases.mark("bm25 index");
     let kept = docs.len();
     let unchanged = previous.as_ref().is_some_and(|p| {
         counts.docs_refined == 0
@@ -308,7 +313,7 @@ fn open_previous(out: &Path) -> Option<StylusDocs> {
     if !out.join(MANIFEST_FILE).is_file() {
         return None;
     }
-    match StylusDocs::open_unlocked(out) {
+    match StylusDocs::open_unlocked_keeping(out, &[BM25_FILE]) {
         Ok(store) => Some(store),
         Err(err) => {
             tracing::warn!("ignoring the existing store, rebuilding it: {err}");
@@ -337,6 +342,9 @@ fn make_refiner(
                 OpenAiClient::new(config)?,
                 VlmRefinerConfig {
                     cache_dir,
+                    reply_attempts: network
+                        .reply_attempts
+                        .unwrap_or(VlmRefinerConfig::default().reply_attempts),
                     ..VlmRefinerConfig::default()
                 },
             );
@@ -348,8 +356,30 @@ fn make_refiner(
     }
 }
 
+/// The BM25 postings of `docs` as a store file (read back when the store is opened, instead of
+/// tokenizing every card again): the previous store's file when it indexes the same documents in
+/// the current format, else built.
+fn bm25_file(docs: &[AdapterDoc], previous: Option<&StylusDocs>, out: &Path) -> ExtraFile {
+    let path = out.join(BM25_FILE);
+    let reusable = previous
+        .filter(|p| p.docs() == docs)
+        .and_then(|p| p.kept_file(BM25_FILE))
+        .filter(|bytes| {
+            Bm25Postings::from_bytes(bytes, &path)
+                .is_ok_and(|p| p.config() == LexicalConfig::default())
+        });
+    let bytes = match reusable {
+        Some(bytes) => bytes.to_vec(),
+        None => Bm25Postings::build(docs, LexicalConfig::default()).to_bytes(),
+    };
+    ExtraFile {
+        name: BM25_FILE.to_string(),
+        bytes,
+    }
+}
+
 /// Whether the store already holds exactly these extra files (by size and sha256).
-fn same_extra_files(store: &StylusDocs, files: &[stylus_refiner::store::ExtraFile]) -> bool {
+fn same_extra_files(store: &StylusDocs, files: &[ExtraFile]) -> bool {
     files.iter().all(|f| store.holds_file(&f.name, &f.bytes))
 }
 
@@ -361,7 +391,7 @@ async fn make_embedder(
     texts: &[&str],
     stylus_config: &StylusConfig,
     same_corpus: Option<&StylusDocs>,
-) -> Result<(Box<dyn Embedder>, Vec<stylus_refiner::store::ExtraFile>), StylusError> {
+) -> Result<(Box<dyn Embedder>, Vec<ExtraFile>), StylusError> {
     let (kind, arg) = match spec.split_once(':') {
         Some((kind, arg)) => (kind, Some(arg)),
         None => (spec, None),

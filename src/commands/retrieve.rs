@@ -57,7 +57,14 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         let written = if args.json {
             writeln!(out, "{}", json_line(query, &results, &timings))
         } else {
-            print_table(&mut out, query, &results)
+            print_table(&mut out, query, &results).and_then(|()| {
+                writeln!(
+                    out,
+                    "timings: open {:.1} ms (the catalog, once per run), embed {:.2} ms, search \
+                     {:.2} ms",
+                    timings.open, timings.embed, timings.retrieve
+                )
+            })
         };
         written.map_err(|e| StylusError::io("<stdout>", e))?;
     }
@@ -140,7 +147,12 @@ fn print_table(
         writeln!(out, "rank   vector        id  title")?;
     }
     let column = |e: Option<Evidence>| e.map_or("-".to_string(), |e| format!("{:.4}", e.score));
-    for (rank, e) in results.iter().enumerate() {
+    // The tail that matched nothing (no BM25 hit, no vector similarity): filler up to K, one
+    // line for all of it rather than a screen of zeros.
+    let no_match =
+        |e: &ExplainedCandidate| e.bm25.is_none() && e.vector.is_none_or(|v| v.score <= 0.0);
+    let shown = results.len() - results.iter().rev().take_while(|e| no_match(e)).count();
+    for (rank, e) in results[..shown].iter().enumerate() {
         let c = &e.candidate;
         if has_bm25 {
             write!(
@@ -158,6 +170,17 @@ fn print_table(
             "  {:>8}  {}",
             esc(&c.doc.id().to_string()),
             esc(&c.doc.card.title)
+        )?;
+    }
+    if shown < results.len() {
+        writeln!(
+            out,
+            "{:>4}  ... {} more (ranks {}-{}) share no word and no vector direction with the query \
+             (`--json` lists them)",
+            "",
+            results.len() - shown,
+            shown + 1,
+            results.len()
         )?;
     }
     Ok(())

@@ -162,6 +162,9 @@ fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
         client,
         LlmComposerConfig {
             rules: config.composer.clone(),
+            reply_attempts: network
+                .reply_attempts
+                .unwrap_or(LlmComposerConfig::default().reply_attempts),
             ..LlmComposerConfig::default()
         },
     ))

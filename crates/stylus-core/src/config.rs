@@ -22,9 +22,10 @@ pub struct StylusConfig {
 
 /// Timeouts and retries of every network client (the LLM composer, the VLM refiner, the OpenAI
 /// embedder, the Civitai fetch). Unset values keep each client's defaults. Precedence, highest
-/// first: the CLI flags (`--timeout`, `--retries`, `--deadline`), the environment
-/// (`STYLUS_{LLM,VLM,EMBED,CIVITAI}_TIMEOUT` / `_RETRIES` / `_DEADLINE`, then `STYLUS_TIMEOUT`,
-/// `STYLUS_RETRIES`, `STYLUS_DEADLINE` for all), this `[network]` table.
+/// first: the CLI flags (`--timeout`, `--retries`, `--deadline`, `--reply-attempts`), the
+/// environment (`STYLUS_{LLM,VLM,EMBED,CIVITAI}_TIMEOUT` / `_RETRIES` / `_DEADLINE` /
+/// `_REPLY_ATTEMPTS`, then `STYLUS_TIMEOUT`, `STYLUS_RETRIES`, `STYLUS_DEADLINE`,
+/// `STYLUS_REPLY_ATTEMPTS` for all), this `[network]` table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
@@ -34,11 +35,17 @@ pub struct NetworkConfig {
     pub retries: Option<u32>,
     /// Limit of one call over all its attempts and backoffs, in seconds.
     pub deadline_secs: Option<f64>,
+    /// Chat models (LLM composer, VLM refiner): how many times one question is asked while the
+    /// replies are unusable (not JSON, failing validation), re-asking with the problem each
+    /// time; in [`Self::REPLY_ATTEMPTS`] (default 3).
+    pub reply_attempts: Option<u32>,
 }
 
 impl NetworkConfig {
     /// Upper bound of `retries`.
     pub const MAX_RETRIES: u32 = 100;
+    /// Allowed values of `reply_attempts`.
+    pub const REPLY_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=20;
 
     /// Each value of `self`, else `other`'s.
     pub fn or(self, other: Self) -> Self {
@@ -46,6 +53,7 @@ impl NetworkConfig {
             timeout_secs: self.timeout_secs.or(other.timeout_secs),
             retries: self.retries.or(other.retries),
             deadline_secs: self.deadline_secs.or(other.deadline_secs),
+            reply_attempts: self.reply_attempts.or(other.reply_attempts),
         }
     }
 
@@ -79,23 +87,30 @@ impl NetworkConfig {
                 },
             }
         };
-        let retries = match read("RETRIES") {
-            None => None,
-            Some((name, value)) => match value.trim().parse::<u32>() {
-                Ok(v) if v <= Self::MAX_RETRIES => Some(v),
-                _ => {
-                    return Err(bad(
+        let count = |suffix: &str,
+                     range: std::ops::RangeInclusive<u32>|
+         -> Result<Option<u32>, StylusError> {
+            match read(suffix) {
+                None => Ok(None),
+                Some((name, value)) => match value.trim().parse::<u32>() {
+                    Ok(v) if range.contains(&v) => Ok(Some(v)),
+                    _ => Err(bad(
                         &name,
                         &value,
-                        &format!("expected a whole number in 0..={}", Self::MAX_RETRIES),
-                    ));
-                }
-            },
+                        &format!(
+                            "expected a whole number in {}..={}",
+                            range.start(),
+                            range.end()
+                        ),
+                    )),
+                },
+            }
         };
         Ok(Self {
             timeout_secs: seconds("TIMEOUT")?,
-            retries,
+            retries: count("RETRIES", 0..=Self::MAX_RETRIES)?,
             deadline_secs: seconds("DEADLINE")?,
+            reply_attempts: count("REPLY_ATTEMPTS", Self::REPLY_ATTEMPTS)?,
         })
     }
 
@@ -124,6 +139,15 @@ impl NetworkConfig {
             return Err(format!(
                 "network.retries = {r}: must be in 0..={}",
                 Self::MAX_RETRIES
+            ));
+        }
+        if let Some(n) = self.reply_attempts
+            && !Self::REPLY_ATTEMPTS.contains(&n)
+        {
+            return Err(format!(
+                "network.reply_attempts = {n}: must be in {}..={}",
+                Self::REPLY_ATTEMPTS.start(),
+                Self::REPLY_ATTEMPTS.end()
             ));
         }
         Ok(())

@@ -3,29 +3,38 @@
 //! ```text
 //! store/
 //!   manifest.json        format + version, embedder id and dim, count, refiners,
-//!                        sha256 and size of every other file
+//!                        sha256, CRC-32 and size of every other file
 //!   docs.jsonl           one AdapterDoc per line, in vector order
 //!   vectors.safetensors  one f32 tensor `vectors` of shape [count, dim] (dense embedders), or
 //!   vectors.sparse.safetensors  the same rows in CSR form (mostly-zero vectors, like the lexical
 //!                        embedder's): `indptr` u64 [count + 1], `indices` u32 [nnz],
 //!                        `values` f32 [nnz] (15x smaller for the 4096-dim lexical vectors)
-//!   ...                  files other components register (lexical IDF table, HNSW graph)
+//!   ...                  files other components register (lexical IDF table, the BM25
+//!                        postings `bm25.postings`, HNSW graph)
 //! ```
 //!
 //! A store is written whole into a temporary sibling directory and renamed into place, so a
 //! reader sees the old store or the new one, never half of one. Adding files later
 //! ([`StylusDocs::add_files`]) builds a new directory the same way (hard-linking the unchanged
-//! files). Opening verifies everything: manifest format, every checksum and size, the line count
-//! of the docs, the tensor's shape; any failure is a [`StylusError::Store`] naming the file.
+//! files). Opening verifies everything: manifest format, every checksum (the CRC-32, at memory
+//! speed; the sha256 for stores written without CRCs) and size, the line count of the docs, the
+//! tensor's shape; any failure is a [`StylusError::Store`] naming the file. The directory must be
+//! the same one before and after its files are read (else they are read again), so a reader never
+//! mixes files of two stores. [`StylusDocs::open_light`] parses only the documents' short fields
+//! for searching; whole documents come from [`DocLines`] on demand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use stylus_core::{AdapterCard, AdapterDoc, AdapterId, Result, StylusError};
+use stylus_core::{
+    AdapterCard, AdapterDoc, AdapterFile, AdapterId, AdapterStats, BaseModel, Category, Result,
+    StylusError,
+};
 
 /// The `format` field of every manifest.
 pub const FORMAT: &str = "stylus-docs";
@@ -120,11 +129,32 @@ pub struct EmbedderInfo {
     pub dim: usize,
 }
 
-/// Size and lower-case hex sha256 of one file.
+/// Size and checksums of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// Lower-case hex sha256.
     pub sha256: String,
     pub bytes: u64,
+    /// CRC-32 (IEEE) as 8 lower-case hex digits: what opening a store checks, at memory speed
+    /// (sha256 runs at a few hundred MB/s, most of a 7K-card store's open). Stores written
+    /// before it have none; their files are checked against the sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
+}
+
+impl FileEntry {
+    /// The entry of a file holding `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            bytes: bytes.len() as u64,
+            crc32: Some(crc32_hex(crc32fast::hash(bytes))),
+        }
+    }
+}
+
+fn crc32_hex(crc: u32) -> String {
+    format!("{crc:08x}")
 }
 
 /// A file written into the store next to docs and vectors.
@@ -154,6 +184,12 @@ pub struct StylusDocs {
     docs: Vec<AdapterDoc>,
     vectors: StoreVectors,
     by_id: HashMap<AdapterId, usize>,
+    /// Bytes of the extra files the opener asked to keep ([`StylusDocs::open_keeping`]), as
+    /// verified against the manifest.
+    kept: BTreeMap<String, Vec<u8>>,
+    /// With a light open ([`StylusDocs::open_light`]): the documents' lines, parsed whole on
+    /// demand.
+    lines: Option<Arc<DocLines>>,
 }
 
 impl StylusDocs {
@@ -226,13 +262,7 @@ impl StylusDocs {
             files: BTreeMap::new(),
         };
         for (name, bytes) in &files {
-            manifest.files.insert(
-                name.clone(),
-                FileEntry {
-                    sha256: hex::encode(Sha256::digest(bytes)),
-                    bytes: bytes.len() as u64,
-                },
-            );
+            manifest.files.insert(name.clone(), FileEntry::of(bytes));
         }
 
         replace_dir_atomically(dir, |tmp| {
@@ -247,6 +277,8 @@ impl StylusDocs {
             docs,
             vectors,
             by_id,
+            kept: BTreeMap::new(),
+            lines: None,
         })
     }
 
@@ -254,11 +286,30 @@ impl StylusDocs {
     /// a writer (its lock held) is opened again once the writer is done, so a reader sees the old
     /// store or the new one.
     pub fn open(dir: &Path) -> Result<Self> {
-        match Self::open_unlocked(dir) {
+        Self::open_keeping(dir, &[])
+    }
+
+    /// [`StylusDocs::open`], keeping the verified bytes of the listed extra files (those the
+    /// manifest lists; see [`StylusDocs::kept_file`]), read in the same pass as the rest, so
+    /// they belong to the same store as the documents.
+    pub fn open_keeping(dir: &Path, keep: &[&str]) -> Result<Self> {
+        Self::open_with(dir, keep, false)
+    }
+
+    /// [`StylusDocs::open_keeping`] for searching: every document is parsed without its long
+    /// texts (both descriptions, the embedding text, sample prompts and images: empty here),
+    /// which is most of an open's time; [`StylusDocs::doc_lines`] gives the whole documents on
+    /// demand (the candidates of a query). Everything is verified as by a full open.
+    pub fn open_light(dir: &Path, keep: &[&str]) -> Result<Self> {
+        Self::open_with(dir, keep, true)
+    }
+
+    fn open_with(dir: &Path, keep: &[&str], light: bool) -> Result<Self> {
+        match Self::open_unlocked_with(dir, keep, light) {
             Ok(store) => Ok(store),
             Err(err) => {
                 if StoreLock::wait_for_writer(dir) {
-                    Self::open_unlocked(dir)
+                    Self::open_unlocked_with(dir, keep, light)
                 } else {
                     Err(err)
                 }
@@ -269,6 +320,35 @@ impl StylusDocs {
     /// Opens and verifies the store at `dir` without waiting for a writer (for the writer
     /// itself, which holds the [`StoreLock`]).
     pub fn open_unlocked(dir: &Path) -> Result<Self> {
+        Self::open_unlocked_keeping(dir, &[])
+    }
+
+    /// [`StylusDocs::open_unlocked`], keeping files as [`StylusDocs::open_keeping`] does.
+    pub fn open_unlocked_keeping(dir: &Path, keep: &[&str]) -> Result<Self> {
+        Self::open_unlocked_with(dir, keep, false)
+    }
+
+    fn open_unlocked_with(dir: &Path, keep: &[&str], light: bool) -> Result<Self> {
+        // A writer swaps the whole directory: when `dir` is the same directory before and after
+        // every file was read, they all come from one store. Otherwise read it again.
+        let mut tries = 0;
+        loop {
+            let before = dir_identity(dir);
+            let store = Self::read_once(dir, keep, light);
+            if before.is_none() || before == dir_identity(dir) {
+                return store;
+            }
+            tries += 1;
+            if tries == 3 {
+                return store.and(Err(StylusError::store(
+                    dir,
+                    "the store was replaced while it was read, three times; try again",
+                )));
+            }
+        }
+    }
+
+    fn read_once(dir: &Path, keep: &[&str], light: bool) -> Result<Self> {
         let manifest = read_manifest(dir)?;
         if !manifest.files.contains_key(DOCS_FILE) {
             return Err(StylusError::store(
@@ -291,38 +371,54 @@ impl StylusDocs {
         let started = std::time::Instant::now();
         let mut docs_bytes = Vec::new();
         let mut vectors_bytes = Vec::new();
+        let mut kept = BTreeMap::new();
         for (name, entry) in &manifest.files {
             let path = dir.join(name);
+            let mut extra = Vec::new();
             let buffer = if name == DOCS_FILE {
                 Some(&mut docs_bytes)
             } else if name == vectors_name {
                 Some(&mut vectors_bytes)
+            } else if keep.contains(&name.as_str()) {
+                Some(&mut extra)
             } else {
                 None
             };
             verify_file(&path, entry, buffer)?;
+            if keep.contains(&name.as_str()) {
+                kept.insert(name.clone(), extra);
+            }
         }
         let verified = started.elapsed();
 
         let docs_path = dir.join(DOCS_FILE);
         // Lines are parsed in parallel: JSON parsing is most of an open's time.
-        let lines: Vec<(usize, &[u8])> = docs_bytes
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.is_empty())
-            .collect();
+        // (line number, byte offset, line) of every non-empty line.
+        let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
+        let mut offset = 0;
+        for (index, line) in docs_bytes.split(|&b| b == b'\n').enumerate() {
+            if !line.is_empty() {
+                lines.push((index, offset, line));
+            }
+            offset += line.len() + 1;
+        }
+        let parse = |&(index, _, line): &(usize, usize, &[u8])| -> Result<AdapterDoc> {
+            let json_error = |e: serde_json::Error| StylusError::Json {
+                path: docs_path.clone(),
+                line: Some(index + 1),
+                message: e.to_string(),
+            };
+            if light {
+                serde_json::from_slice::<LightDoc>(line)
+                    .map(LightDoc::into_doc)
+                    .map_err(json_error)
+            } else {
+                serde_json::from_slice(line).map_err(json_error)
+            }
+        };
         let docs: Vec<AdapterDoc> = {
             use rayon::prelude::*;
-            lines
-                .par_iter()
-                .map(|&(index, line)| {
-                    serde_json::from_slice(line).map_err(|e| StylusError::Json {
-                        path: docs_path.clone(),
-                        line: Some(index + 1),
-                        message: e.to_string(),
-                    })
-                })
-                .collect::<Result<_>>()?
+            lines.par_iter().map(parse).collect::<Result<_>>()?
         };
         if docs.len() != manifest.count {
             return Err(StylusError::store(
@@ -343,6 +439,22 @@ impl StylusDocs {
                 ));
             }
         }
+
+        let spans: Vec<(usize, usize, usize)> = lines
+            .iter()
+            .map(|&(index, start, line)| (index, start, start + line.len()))
+            .collect();
+        drop(lines);
+        let doc_lines = light.then(|| {
+            Arc::new(DocLines {
+                path: docs_path.clone(),
+                spans,
+                full: (0..docs.len())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+                bytes: std::mem::take(&mut docs_bytes),
+            })
+        });
 
         let parsed = started.elapsed();
         let vectors_path = dir.join(vectors_name);
@@ -378,6 +490,8 @@ impl StylusDocs {
             docs,
             vectors,
             by_id,
+            kept,
+            lines: doc_lines,
         })
     }
 
@@ -487,6 +601,23 @@ impl StylusDocs {
             .then(|| self.dir.join(name))
     }
 
+    /// The bytes of an extra file kept by [`StylusDocs::open_keeping`] (verified against the
+    /// manifest when the store was opened); `None` when the store has no such file.
+    pub fn kept_file(&self, name: &str) -> Option<&[u8]> {
+        self.kept.get(name).map(Vec::as_slice)
+    }
+
+    /// The whole documents behind a light open's ([`StylusDocs::open_light`]); `None` after a
+    /// full open (the documents are whole already).
+    pub fn doc_lines(&self) -> Option<Arc<DocLines>> {
+        self.lines.clone()
+    }
+
+    /// Takes the bytes of a kept file out of the store (see [`StylusDocs::kept_file`]).
+    pub fn take_kept_file(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.kept.remove(name)
+    }
+
     /// Splits the store into its documents and vectors.
     pub fn into_parts(self) -> (Vec<AdapterDoc>, StoreVectors) {
         (self.docs, self.vectors)
@@ -499,6 +630,119 @@ impl StylusDocs {
         let doc = &self.docs[index];
         // Field-by-field equality: what the card hash compares, without serializing both cards.
         (doc.refiner == refiner_id && doc.card == *card).then_some(index)
+    }
+}
+
+/// The document lines of a store opened light, each parsed whole when first asked for (and kept).
+#[derive(Debug)]
+pub struct DocLines {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// Per document: its line number (from 0) and its byte range in `bytes`.
+    spans: Vec<(usize, usize, usize)>,
+    full: Vec<std::sync::OnceLock<Arc<AdapterDoc>>>,
+}
+
+impl DocLines {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Document `index` (in store order), whole. Its line was verified when the store was
+    /// opened, so an error here means a line the light parse accepted and the full one did not:
+    /// a JSON error naming the file and line.
+    pub fn doc(&self, index: usize) -> Result<Arc<AdapterDoc>> {
+        let Some(&(line, start, end)) = self.spans.get(index) else {
+            return Err(StylusError::store(
+                &self.path,
+                format!("no document {index} (the store has {})", self.spans.len()),
+            ));
+        };
+        if let Some(doc) = self.full[index].get() {
+            return Ok(Arc::clone(doc));
+        }
+        let doc: AdapterDoc =
+            serde_json::from_slice(&self.bytes[start..end]).map_err(|e| StylusError::Json {
+                path: self.path.clone(),
+                line: Some(line + 1),
+                message: e.to_string(),
+            })?;
+        Ok(Arc::clone(self.full[index].get_or_init(|| Arc::new(doc))))
+    }
+
+    /// Every document, whole (parsed in parallel).
+    pub fn all(&self) -> Result<Vec<Arc<AdapterDoc>>> {
+        use rayon::prelude::*;
+        (0..self.len())
+            .into_par_iter()
+            .map(|i| self.doc(i))
+            .collect()
+    }
+}
+
+/// The short fields of an [`AdapterDoc`] line: what a light open parses (unknown fields, here
+/// the long texts, are skipped by serde without being copied).
+#[derive(Deserialize)]
+struct LightDoc {
+    card: LightCard,
+    recommended_weight: f32,
+    category: Category,
+    refiner: String,
+}
+
+#[derive(Deserialize)]
+struct LightCard {
+    id: AdapterId,
+    #[serde(default)]
+    version_id: Option<u64>,
+    title: String,
+    #[serde(default)]
+    alias: Option<String>,
+    adapter_type: String,
+    #[serde(default)]
+    base_model: Option<BaseModel>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    trigger_words: Vec<String>,
+    #[serde(default)]
+    nsfw: bool,
+    #[serde(default)]
+    poi: bool,
+    #[serde(default)]
+    file: Option<AdapterFile>,
+    #[serde(default)]
+    stats: AdapterStats,
+    #[serde(default)]
+    image_count: usize,
+}
+
+impl LightDoc {
+    fn into_doc(self) -> AdapterDoc {
+        let c = self.card;
+        let mut card = AdapterCard::new(c.id, c.title, c.adapter_type);
+        card.version_id = c.version_id;
+        card.alias = c.alias;
+        card.base_model = c.base_model;
+        card.tags = c.tags;
+        card.trigger_words = c.trigger_words;
+        card.nsfw = c.nsfw;
+        card.poi = c.poi;
+        card.file = c.file;
+        card.stats = c.stats;
+        card.image_count = c.image_count;
+        AdapterDoc {
+            card,
+            description: String::new(),
+            recommended_weight: self.recommended_weight,
+            category: self.category,
+            embedding_text: String::new(),
+            refiner: self.refiner,
+        }
     }
 }
 
@@ -838,6 +1082,24 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     write_synced(&dir.join(MANIFEST_FILE), &json)
 }
 
+/// What identifies the directory at `dir` (device and inode on Unix): a store swapped in by a
+/// writer is another directory.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    let metadata = std::fs::metadata(dir).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.modified().ok().map(|t| {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (d.as_secs(), u64::from(d.subsec_nanos()))
+        })
+    }
+}
+
 /// Checks a file's size and checksum; keeps its bytes in `keep` when given.
 fn verify_file(path: &Path, entry: &FileEntry, keep: Option<&mut Vec<u8>>) -> Result<()> {
     let metadata = std::fs::metadata(path).map_err(|e| {
@@ -857,29 +1119,49 @@ fn verify_file(path: &Path, entry: &FileEntry, keep: Option<&mut Vec<u8>>) -> Re
             ),
         ));
     }
-    let actual = match keep {
-        Some(buffer) => {
-            *buffer = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
-            hex::encode(Sha256::digest(&buffer))
-        }
-        None => hash_file(path)?.sha256,
+    let mut own = Vec::new();
+    let buffer = keep.unwrap_or(&mut own);
+    *buffer = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
+    let (kind, actual, expected) = match &entry.crc32 {
+        Some(crc) => ("crc32", crc32_hex(crc32_parallel(buffer)), crc),
+        None => (
+            "sha256",
+            hex::encode(Sha256::digest(buffer.as_slice())),
+            &entry.sha256,
+        ),
     };
-    if actual != entry.sha256 {
+    if actual != *expected {
         return Err(StylusError::store(
             path,
-            format!(
-                "sha256 {actual} does not match the manifest's {}",
-                entry.sha256
-            ),
+            format!("{kind} {actual} does not match the manifest's {expected}"),
         ));
     }
     Ok(())
 }
 
-/// Size and sha256 of a file, streamed.
+/// The CRC-32 of `bytes`, over 4 MiB blocks in parallel (combined as one CRC of the whole).
+fn crc32_parallel(bytes: &[u8]) -> u32 {
+    use rayon::prelude::*;
+    const BLOCK: usize = 4 << 20;
+    bytes
+        .par_chunks(BLOCK)
+        .map(|block| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(block);
+            h
+        })
+        .reduce(crc32fast::Hasher::new, |mut a, b| {
+            a.combine(&b);
+            a
+        })
+        .finalize()
+}
+
+/// Size and checksums of a file, streamed.
 fn hash_file(path: &Path) -> Result<FileEntry> {
     let mut file = std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?;
     let mut hasher = Sha256::new();
+    let mut crc = crc32fast::Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     loop {
@@ -890,11 +1172,13 @@ fn hash_file(path: &Path) -> Result<FileEntry> {
             break;
         }
         hasher.update(&buffer[..n]);
+        crc.update(&buffer[..n]);
         bytes += n as u64;
     }
     Ok(FileEntry {
         sha256: hex::encode(hasher.finalize()),
         bytes,
+        crc32: Some(crc32_hex(crc.finalize())),
     })
 }
 
@@ -1093,6 +1377,50 @@ mod tests {
     }
 
     #[test]
+    fn a_light_open_gives_short_fields_now_and_whole_documents_on_demand() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let mut store = new_store(3);
+        store.docs[1].card.tags = vec!["ink".into()];
+        store.docs[1].card.sample_prompts = vec!["a long prompt".into()];
+        store.docs[1].card.nsfw = true;
+        let written = StylusDocs::write(&dir, store).unwrap();
+        let light = StylusDocs::open_light(&dir, &["extra.bin"]).unwrap();
+        assert_eq!(light.kept_file("extra.bin"), Some(&[1u8, 2, 3][..]));
+        assert!(StylusDocs::open(&dir).unwrap().doc_lines().is_none());
+        let lines = light.doc_lines().unwrap();
+        assert_eq!(lines.len(), 3);
+        for (i, (short, whole)) in light.docs().iter().zip(written.docs()).enumerate() {
+            assert_eq!(short.id(), whole.id());
+            assert_eq!(short.card.tags, whole.card.tags);
+            assert_eq!(short.card.nsfw, whole.card.nsfw);
+            assert_eq!(short.category, whole.category);
+            assert!(short.description.is_empty() && short.card.sample_prompts.is_empty());
+            assert_eq!(*lines.doc(i).unwrap(), *whole);
+        }
+        assert_eq!(
+            lines
+                .all()
+                .unwrap()
+                .iter()
+                .map(|d| (**d).clone())
+                .collect::<Vec<_>>(),
+            written.docs()
+        );
+        assert!(lines.doc(3).is_err());
+    }
+
+    #[test]
+    fn block_parallel_crc32_is_the_crc32_of_the_whole() {
+        let bytes: Vec<u8> = (0..(9u32 << 20) + 13)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        assert_eq!(crc32_parallel(&bytes), crc32fast::hash(&bytes));
+        assert_eq!(crc32_parallel(&[]), crc32fast::hash(&[]));
+        assert_eq!(FileEntry::of(b"abc").crc32.as_deref(), Some("352441c2"));
+    }
+
+    #[test]
     fn empty_store_round_trips() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("empty");
@@ -1125,7 +1453,18 @@ mod tests {
         text[at] = b'6';
         std::fs::write(&docs, &text).unwrap();
         let err = open_err();
+        assert!(err.contains(DOCS_FILE) && err.contains("crc32"), "{err}");
+        // A store written before CRC-32s (sha256 only) is checked against its sha256.
+        let path = dir.join(MANIFEST_FILE);
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest.files.values_mut().for_each(|e| e.crc32 = None);
+        write_manifest(&dir, &manifest).unwrap();
+        let err = open_err();
         assert!(err.contains(DOCS_FILE) && err.contains("sha256"), "{err}");
+        text[at] = b'7';
+        std::fs::write(&docs, &text).unwrap();
+        assert_eq!(StylusDocs::open(&dir).unwrap().len(), 3);
 
         StylusDocs::write(&dir, new_store(3)).unwrap();
         std::fs::remove_file(dir.join("extra.bin")).unwrap();

@@ -87,19 +87,34 @@ pub fn with_mode(
     docs: Vec<Arc<AdapterDoc>>,
     dense_is_lexical: bool,
 ) -> Arc<dyn Retriever> {
-    let lexical = || LexicalIndex::build(docs, LexicalConfig::default());
-    match mode {
+    let lexical =
+        || Ok::<_, std::convert::Infallible>(LexicalIndex::build(docs, LexicalConfig::default()));
+    match with_mode_from(mode, dense, dense_is_lexical, lexical) {
+        Ok(retriever) => retriever,
+        Err(never) => match never {},
+    }
+}
+
+/// [`with_mode`] with the BM25 index from `lexical` (e.g. postings saved in a store), called
+/// only when the mode uses BM25.
+pub fn with_mode_from<E>(
+    mode: RetrievalMode,
+    dense: Arc<dyn Retriever>,
+    dense_is_lexical: bool,
+    lexical: impl FnOnce() -> std::result::Result<LexicalIndex, E>,
+) -> std::result::Result<Arc<dyn Retriever>, E> {
+    Ok(match mode {
         RetrievalMode::Dense => dense,
-        RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical())),
+        RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical()?)),
         RetrievalMode::Auto if dense_is_lexical => {
-            Arc::new(HybridRetriever::bm25_only(dense, lexical()))
+            Arc::new(HybridRetriever::bm25_only(dense, lexical()?))
         }
         RetrievalMode::Hybrid | RetrievalMode::Auto => Arc::new(HybridRetriever::new(
             dense,
-            lexical(),
+            lexical()?,
             FusionConfig::default(),
         )),
-    }
+    })
 }
 
 impl Retriever for HybridRetriever {

@@ -93,7 +93,7 @@ pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusErro
     let started = Instant::now();
     let rows = read_parti_csv(&args.parti)?;
     let catalog = crate::commands::catalog::open(Some(&args.index), config, false)?;
-    let docs = catalog.docs.clone();
+    let docs = catalog.whole_docs()?;
     let ids: HashSet<u64> = docs.iter().filter_map(|d| civitai_id(d.id())).collect();
     let composer = Arc::new(
         LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()),
