@@ -1483,4 +1483,37 @@ mod tests {
             vec![1, 2, 3, 4]
         );
     }
+
+    #[test]
+    fn rerank_keeps_a_tag_list_in_order_and_lifts_a_said_made_up_trigger() {
+        let mut steampunk = candidate(1, "SteamPunk AI", &["steampunk"], Category::Style);
+        Arc::make_mut(&mut steampunk.doc).card.trigger_words = vec!["SteamPunkAI".into()];
+        let candidates = vec![
+            candidate(2, "Coffee Machine", &["coffee"], Category::Object),
+            steampunk,
+            candidate(3, "Cat", &["cat"], Category::Animal),
+        ];
+        let composer = LocalComposer::new(rules());
+        let ids = |c: Vec<Candidate>| -> Vec<u64> {
+            c.iter()
+                .map(|c| match c.doc.card.id {
+                    AdapterId::Civitai(id) => id,
+                    AdapterId::Local(_) => 0,
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids(composer.rerank("SteamPunkAI coffee", candidates.clone())),
+            vec![1, 2, 3]
+        );
+        // A plain word among the triggers is no such evidence.
+        assert_eq!(
+            ids(composer.rerank("steampunk coffee", candidates.clone())),
+            vec![2, 1, 3]
+        );
+        // A tag list keeps the retriever's order, and searches no topics.
+        let tags = "1girl, solo, cat, coffee machine, masterpiece, best quality";
+        assert_eq!(ids(composer.rerank(tags, candidates)), vec![2, 1, 3]);
+        assert!(composer.topic_queries(tags).is_empty());
+    }
 }
