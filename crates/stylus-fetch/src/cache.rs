@@ -492,7 +492,7 @@ impl AdapterCache {
         })?;
         for path in self.blob_files()? {
             let sha = blob_sha(&path);
-            if !sha.is_some_and(|s| listed.iter().any(|l| *l == s)) {
+            if !sha.is_some_and(|s| listed.contains(&s)) {
                 freed += std::fs::metadata(&path).map_or(0, |m| m.len());
                 std::fs::remove_file(&path).map_err(|e| FetchError::io(&path, e))?;
             }

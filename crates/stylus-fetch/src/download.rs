@@ -817,7 +817,7 @@ fn looks_like_safetensors(start: &[u8]) -> bool {
     let mut len = [0u8; 8];
     len.copy_from_slice(&start[..8]);
     let n = u64::from_le_bytes(len);
-    n >= 2 && n <= 100 * 1024 * 1024 && start[8] == b'{'
+    (2..=100 * 1024 * 1024).contains(&n) && start[8] == b'{'
 }
 
 /// `error` / `message` / `detail` of a JSON body, else its start.
