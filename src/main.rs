@@ -82,6 +82,10 @@ enum Command {
     Eval(commands::eval::Args),
     /// Time the SD 1.5 stack on a device (driven by benches/gpu/bench.py).
     Bench(commands::bench::Args),
+    /// Download the adapters of a plan (or ids/URLs) into the verified adapter cache.
+    Fetch(commands::fetch::Args),
+    /// The adapter cache: list, prune (evict to the size limit), verify (re-hash).
+    Cache(commands::cache::Args),
 }
 
 fn main() -> ExitCode {
@@ -148,6 +152,8 @@ fn run(cli: Cli) -> Result<(), StylusError> {
         Command::Info(args) => commands::info::run(args, &config),
         Command::Eval(args) => commands::eval::run(args, &config),
         Command::Bench(args) => commands::bench::run(args, &config),
+        Command::Fetch(args) => commands::fetch::run(args, &config),
+        Command::Cache(args) => commands::cache::run(args, &config),
     }
 }
 

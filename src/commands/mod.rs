@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod cache;
 mod catalog;
 pub mod eval;
+pub mod fetch;
 pub mod generate;
 pub mod index;
 pub mod info;
