@@ -144,10 +144,13 @@ impl Default for SamplingParams {
     }
 }
 
-/// One call of the sampler: a prompt (A1111 emphasis allowed, no `<lora:>` tags) rendered with the
-/// adapters the merger made active.
+/// One call of the sampler: a prompt (A1111 emphasis allowed, no `<lora:>` tags) rendered with
+/// exactly the adapters of the job, merged for this job alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleJob {
+    /// The adapter set every image of the job is rendered with (empty: the base model).
+    #[serde(default)]
+    pub adapters: Vec<ResolvedAdapter>,
     pub prompt: String,
     pub negative_prompt: String,
     /// The request's seed; image `i` of the request draws its noise from `seed + i`.
@@ -165,6 +168,39 @@ pub struct SampleJob {
 pub struct ResolvedAdapter {
     pub adapter: WeightedAdapter,
     pub path: PathBuf,
+    /// Hex SHA-256 of the file's bytes after the safetensors header, when the locator computed
+    /// it (see [`crate::LocatedFile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_sha256: Option<String>,
+}
+
+impl ResolvedAdapter {
+    /// An adapter and its file, hash unknown.
+    pub fn new(adapter: WeightedAdapter, path: impl Into<PathBuf>) -> Self {
+        Self {
+            adapter,
+            path: path.into(),
+            tensor_sha256: None,
+        }
+    }
+
+    /// An explicitly given file (`--lora FILE:W`) at `weight`.
+    pub fn from_path(path: impl Into<PathBuf>, weight: f32) -> Self {
+        let path = path.into();
+        Self::new(WeightedAdapter::from_path(&path, weight), path)
+    }
+}
+
+/// What [`crate::Stylus::generate`] made: the plan it selected with (once), the images, and every
+/// adapter file the images used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The selection the images were rendered from; `None` when selection was off.
+    pub plan: Option<crate::SelectionPlan>,
+    pub images: Vec<GeneratedImage>,
+    /// Each adapter file used by some image, once (selected ones first, then explicit ones),
+    /// with the hash the locator computed while finding it.
+    pub adapters: Vec<ResolvedAdapter>,
 }
 
 /// What a merge did, per adapter.

@@ -16,16 +16,12 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use stylus_composer::segmentation_eval::content_words_baseline;
-use stylus_composer::{
-    LocalComposer, Prf, ReferenceRow, StrategyMasker, evaluate_segmentation, read_parti_csv,
-    segment,
-};
-use stylus_core::{AdapterId, MaskStrategy, RetrievalFilter, Stylus, StylusConfig, StylusError};
+use stylus_composer::{Prf, ReferenceRow, evaluate_segmentation, read_parti_csv, segment};
+use stylus_core::{AdapterId, MaskStrategy, RetrievalFilter, StylusConfig, StylusError};
 use stylus_retriever::{LexicalConfig, LexicalIndex};
 
 use super::SelectionArgs;
@@ -80,18 +76,11 @@ const DETAIL_CANDIDATES: usize = 30;
 pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusError> {
     let started = Instant::now();
     let rows = read_parti_csv(&args.parti)?;
-    let catalog = crate::commands::catalog::open(Some(&args.index), config, false)?;
-    let docs = catalog.docs.clone();
+    let stylus = stylus::Stylus::options()
+        .mask_strategy(MaskStrategy::All)
+        .open(&args.index, config)?;
+    let docs = stylus.catalog().docs.clone();
     let ids: HashSet<u64> = docs.iter().filter_map(|d| civitai_id(d.id())).collect();
-    let stylus = Stylus::builder()
-        .config(config.clone())
-        .embedder(catalog.embedder.clone())
-        .retriever(catalog.retriever)
-        .composer(Arc::new(
-            LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder),
-        ))
-        .masker(Arc::new(StrategyMasker::new(MaskStrategy::All)))
-        .build()?;
     let baseline = LexicalIndex::build(
         docs,
         LexicalConfig {
