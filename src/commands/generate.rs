@@ -10,8 +10,8 @@ use serde::Serialize;
 use stylus::render::{Device, load_sampler};
 use stylus::{Source, Stylus};
 use stylus_core::{
-    AdapterId, ExplicitLora, GenerationRequest, SamplingParams, StylusConfig, StylusError,
-    WeightedAdapter,
+    AdapterId, ExplicitLora, GenerationRequest, SamplerKind, SamplingParams, StylusConfig,
+    StylusError, WeightedAdapter,
 };
 use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
@@ -47,10 +47,9 @@ pub struct Args {
     /// Classifier-free guidance scale (default: the config's, 5).
     #[arg(long)]
     pub cfg: Option<f32>,
-    /// ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras or pndm (default: the config's,
-    /// dpmpp_2m_karras).
-    #[arg(long)]
-    pub sampler: Option<String>,
+    /// Sampler (default: the config's, dpmpp_2m_karras).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
     /// Image width in pixels, a multiple of 8 (default: the config's, 512).
     #[arg(long)]
     pub width: Option<u32>,
@@ -137,7 +136,9 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     let sampling = SamplingParams {
         steps: args.steps.unwrap_or(defaults.steps),
         guidance_scale: args.cfg.unwrap_or(defaults.guidance_scale),
-        sampler: args.sampler.clone().unwrap_or(defaults.sampler.clone()),
+        sampler: args
+            .sampler
+            .map_or(defaults.sampler.clone(), |kind| kind.name().to_string()),
         width: args.width.unwrap_or(defaults.width),
         height: args.height.unwrap_or(defaults.height),
         clip_skip: args.clip_skip.unwrap_or(defaults.clip_skip),

@@ -61,6 +61,56 @@ pub const SAMPLER_NAMES: [&str; 6] = [
     "pndm",
 ];
 
+/// The samplers (schedulers) as a type, for callers that want the name checked when it is parsed
+/// (the CLI's `--sampler`, serde): [`SamplerKind::name`] is what [`SamplingParams::sampler`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "clap", value(rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    #[serde(rename = "dpmpp_2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m"))]
+    Dpmpp2m,
+    #[serde(rename = "dpmpp_2m_karras")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m_karras"))]
+    Dpmpp2mKarras,
+    Pndm,
+}
+
+impl SamplerKind {
+    pub const ALL: [SamplerKind; 6] = [
+        Self::Ddim,
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Dpmpp2m,
+        Self::Dpmpp2mKarras,
+        Self::Pndm,
+    ];
+
+    /// The name in [`SAMPLER_NAMES`].
+    pub fn name(self) -> &'static str {
+        SAMPLER_NAMES[Self::ALL.iter().position(|&k| k == self).unwrap_or(0)]
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = crate::StylusError;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name.trim())
+            .ok_or_else(|| {
+                crate::StylusError::InvalidArgument(format!(
+                    "unknown sampler `{name}`; expected one of {}",
+                    SAMPLER_NAMES.join(", ")
+                ))
+            })
+    }
+}
+
 /// Limits on what can be asked of the sampler; every value outside is refused before any work,
 /// with the allowed range in the message.
 pub mod limits {
@@ -245,6 +295,16 @@ pub struct GeneratedImage {
 #[cfg(test)]
 mod validate_tests {
     use super::*;
+
+    #[test]
+    fn sampler_kinds_are_the_sampler_names() {
+        for (kind, name) in SamplerKind::ALL.iter().zip(SAMPLER_NAMES) {
+            assert_eq!(kind.name(), name);
+            assert_eq!(name.parse::<SamplerKind>().unwrap(), *kind);
+            assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
+        }
+        assert!("bogus".parse::<SamplerKind>().is_err());
+    }
 
     #[test]
     fn sampling_limits_name_the_flag_and_the_range() {
