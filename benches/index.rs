@@ -29,6 +29,14 @@ fn kept_cards() -> Vec<AdapterCard> {
 }
 
 fn bench_index(c: &mut Criterion) {
+    if !civitai_dir().is_dir() {
+        eprintln!(
+            "skipped: bench index: needs the Civitai dump in {} (the shared data beside this \
+             repository)",
+            civitai_dir().display()
+        );
+        return;
+    }
     let mut group = c.benchmark_group("index_civitai_7955");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(15));

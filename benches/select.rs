@@ -21,16 +21,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stylus_composer::{LocalComposer, StrategyMasker, read_parti_csv};
-use stylus_core::{
-    AdapterCard, AdapterDoc, AdapterId, MaskStrategy, SelectOptions, Stylus, StylusConfig,
-};
-use stylus_core::{Embedder, Retriever};
+use stylus::{Catalog, SearchIndex, SelectOptions, Stylus, StylusConfig};
+use stylus_composer::read_parti_csv;
+use stylus_core::{AdapterCard, AdapterDoc, AdapterId, Embedder};
 use stylus_refiner::card_refiner::CardRefiner;
 use stylus_refiner::civitai::read_civitai_paths;
 use stylus_refiner::filters::CardFilter;
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
-use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix, hybrid};
+use stylus_retriever::{ExactRetriever, HnswRetriever, SparseRetriever, VectorMatrix};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
 const LARGE: usize = 75_000;
@@ -96,7 +94,7 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Sty
     let id = Embedder::id(&embedder);
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     let t = Instant::now();
-    let retriever: Arc<dyn Retriever> = match search {
+    let retriever: Arc<dyn SearchIndex> = match search {
         Search::Sparse => {
             Arc::new(SparseRetriever::new(docs.clone(), DEFAULT_DIM, &vectors).unwrap())
         }
@@ -114,20 +112,11 @@ fn pipeline(cards: &[AdapterCard], config: &StylusConfig, search: Search) -> Sty
         cards.len(),
         t.elapsed().as_secs_f64()
     );
-    // What `stylus select` runs: the configured mode (hybrid by default) and the composer
-    // comparing topics with candidate names through the catalog's embedder.
-    let retriever = hybrid::with_mode(config.retriever.mode, retriever, docs, true);
-    let embedder: Arc<dyn Embedder> = Arc::new(embedder);
-    Stylus::builder()
-        .config(config.clone())
-        .embedder(embedder.clone())
-        .retriever(retriever)
-        .composer(Arc::new(
-            LocalComposer::new(config.composer.clone()).with_embedder(embedder),
-        ))
-        .masker(Arc::new(StrategyMasker::new(MaskStrategy::OneHotLoras)))
-        .build()
-        .unwrap()
+    // What `stylus select` runs, through the library facade: the configured retrieval mode,
+    // the local composer comparing topics with candidate names through the catalog's embedder,
+    // the configured mask strategy.
+    let catalog = Catalog::from_parts(Arc::new(embedder), retriever, docs, true, config);
+    Stylus::open(catalog, config).unwrap()
 }
 
 fn prompts() -> Vec<String> {
@@ -168,6 +157,13 @@ fn report(label: &str, stylus: &Stylus, prompts: &[String], runtime: &tokio::run
 }
 
 fn select(c: &mut Criterion) {
+    if !Path::new(SHARED).join("civitai").is_dir() {
+        eprintln!(
+            "skipped: bench select: needs the Civitai cards and PartiPrompts in {SHARED} \
+             (a checkout of the shared data beside this repository)"
+        );
+        return;
+    }
     let config = StylusConfig::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

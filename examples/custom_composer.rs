@@ -13,12 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stylus_composer::StrategyMasker;
-use stylus_core::{
-    AdapterDoc, Candidate, Composer, Composition, Embedder, MaskStrategy, Result, Stylus, Topic,
-    TopicAdapters,
-};
-use stylus_retriever::{ExactRetriever, VectorMatrix};
+use stylus_core::{Candidate, Composer, Composition, Result, Topic, TopicAdapters};
 
 /// One topic per comma-separated part; the first candidate (best retrieved) whose title shares a
 /// word with the part.
@@ -68,17 +63,11 @@ async fn main() -> Result<()> {
         .nth(1)
         .unwrap_or_else(|| "a red fox, snowy mountains, ukiyo-e woodblock print".to_string());
 
-    let catalog = stylus_refiner::bundled::load()?;
-    let dim = catalog.embedder.dim();
-    let docs: Vec<Arc<AdapterDoc>> = catalog.docs.into_iter().map(Arc::new).collect();
-    let retriever = ExactRetriever::new(docs, VectorMatrix::new(dim, catalog.vectors)?)?;
-
-    let stylus = Stylus::builder()
-        .embedder(Arc::new(catalog.embedder))
-        .retriever(Arc::new(retriever))
-        .composer(Arc::new(CommaComposer))
-        .masker(Arc::new(StrategyMasker::new(MaskStrategy::All)))
-        .build()?;
+    // The bundled catalog with its embedder and retriever, as `stylus select` opens it; only
+    // the composer is ours. The mask strategy is the config's.
+    let stylus = stylus::Stylus::options()
+        .custom_composer(Arc::new(CommaComposer))
+        .open(stylus::Source::Bundled, &stylus::StylusConfig::default())?;
 
     let plan = stylus.select(&prompt).await?;
     for topic in &plan.topics {

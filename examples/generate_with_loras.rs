@@ -1,6 +1,7 @@
-//! Generate images from a library with explicit LoRA files: load an SD 1.5 checkpoint, put a
-//! `LoraMerger` on its UNet and text encoder, make a weighted adapter set active, sample with
-//! `SdSampler` (DPM++ 2M Karras, CFG 5) and write A1111-style PNGs.
+//! Generate images from a library with explicit LoRA files, through the facade: load an SD 1.5
+//! checkpoint as a sampler (`stylus::render::load_sampler`), open a pipeline with it, and render
+//! a request whose adapter set travels with it (merge and sample as one job, off the async
+//! workers). Writes A1111-style PNGs.
 //!
 //! ```text
 //! cargo run --release --example generate_with_loras -- CHECKPOINT OUT_DIR "a castle on a hill" \
@@ -9,20 +10,14 @@
 //! (`stylus generate --lora FILE:W ...` does the same from the command line.)
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use burn::tensor::DType;
-use stylus_core::{
-    Merger, ResolvedAdapter, SampleJob, Sampler, SamplingParams, StylusError, WeightedAdapter,
-};
-use stylus_diffusion::StableDiffusion;
-use stylus_diffusion::backend::{CpuBackend, cpu_device};
-use stylus_diffusion::clip_tokenizer::ClipTokenizer;
-use stylus_diffusion::lora::LoraMerger;
+use stylus::render::{Device, load_sampler};
+use stylus::{GenerationRequest, Source, Stylus, StylusConfig, StylusError};
+use stylus_core::ExplicitLora;
 use stylus_diffusion::png::{LoraHash, ModelInfo, a1111_parameters, lora_short_hash, write_png};
-use stylus_diffusion::sampler::SdSampler;
 
-fn main() -> Result<(), StylusError> {
+#[tokio::main]
+async fn main() -> Result<(), StylusError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [checkpoint, out, prompt, loras @ ..] = args.as_slice() else {
         return Err(StylusError::InvalidArgument(
@@ -30,58 +25,45 @@ fn main() -> Result<(), StylusError> {
                 .into(),
         ));
     };
-    let device = cpu_device();
+    let config = StylusConfig::default();
 
-    // 1. The model, and a merger that shares its UNet and text encoder (clones share storage).
-    let (model, _report) = StableDiffusion::<CpuBackend>::load(checkpoint, &device, DType::F32)?;
-    let merger = Arc::new(LoraMerger::new(
-        model.unet.clone(),
-        &model.config.unet,
-        model.text_encoder.clone(),
-        &device,
-    ));
-    let sampler = SdSampler::new(
-        Arc::new(Mutex::new(model)),
-        ClipTokenizer::bundled()?,
-        device,
-    )
-    .with_merger(merger.clone());
-
-    // 2. The adapter set: `FILE:WEIGHT` each; the merger applies the weight to both networks.
-    let adapters: Vec<ResolvedAdapter> = loras
+    // 1. The adapter set: `FILE:WEIGHT` each; the weight applies to both networks.
+    let explicit_loras = loras
         .iter()
         .map(|spec| {
             let (path, weight) = spec.rsplit_once(':').unwrap_or((spec, "1"));
             let weight: f32 = weight.parse().map_err(|_| {
                 StylusError::InvalidArgument(format!("{spec}: the weight is not a number"))
             })?;
-            let path = PathBuf::from(path);
-            Ok(ResolvedAdapter {
-                adapter: WeightedAdapter::from_path(&path, weight),
-                path,
+            Ok(ExplicitLora {
+                path: PathBuf::from(path),
+                weight,
             })
         })
-        .collect::<Result<_, StylusError>>()?;
-    let report = merger.set_adapters(&adapters)?;
-    println!(
-        "merged {} adapter(s), {} parameters, {:.0} ms",
-        report.adapters.len(),
-        report.touched_parameters,
-        report.millis
-    );
+        .collect::<Result<Vec<_>, StylusError>>()?;
 
-    // 3. Two images (seeds 1 and 2) with the paper's sampler settings.
-    let job = SampleJob {
+    // 2. The model as a sampler, and a pipeline that renders with it (no selection here, so the
+    //    small bundled catalog fills the catalog slot).
+    let loaded = load_sampler(checkpoint.as_ref(), Device::Cpu, None)?;
+    let stylus = Stylus::options()
+        .sampler(loaded.sampler)
+        .open(Source::Bundled, &config)?;
+
+    // 3. Two images (seeds 1 and 2) with the config's sampler settings (the paper's).
+    let request = GenerationRequest {
         prompt: prompt.clone(),
         negative_prompt: "blurry, lowres".into(),
-        seed: 1,
-        first_image: 0,
         batch: 2,
-        sampling: SamplingParams::default(),
+        seed: 1,
+        sampling: config.sampling.clone(),
+        select: false,
+        explicit_loras,
         init_latents: None,
         keep_latents: false,
     };
-    let hashes = adapters
+    let generation = stylus.generate(&request).await?;
+    let hashes = generation
+        .adapters
         .iter()
         .map(|a| {
             Ok(LoraHash {
@@ -91,13 +73,12 @@ fn main() -> Result<(), StylusError> {
         })
         .collect::<Result<Vec<_>, StylusError>>()?;
     std::fs::create_dir_all(out).map_err(|e| StylusError::io(out, e))?;
-    for (i, mut image) in sampler.sample(&job)?.into_iter().enumerate() {
-        image.adapters = adapters.iter().map(|a| a.adapter.clone()).collect();
+    for (i, image) in generation.images.iter().enumerate() {
         let path = PathBuf::from(out).join(format!("{i:04}.png"));
         write_png(
             &path,
-            &image,
-            &a1111_parameters(&image, &ModelInfo::default(), &hashes),
+            image,
+            &a1111_parameters(image, &ModelInfo::default(), &hashes),
         )?;
         println!("{}", path.display());
     }

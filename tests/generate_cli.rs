@@ -209,11 +209,12 @@ fn generate_selects_merges_and_records_adapters() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("give --lora-dir"), "{stderr}");
 
-    // A folder without the selected files: the error lists what to download.
+    // A folder without the selected files: the error lists what to download, with its own exit
+    // code (3: not a usage error, not a failure of the run).
     let loras = dir.path().join("loras");
     std::fs::create_dir(&loras).unwrap();
     let output = run(&dir.path().join("missing"), &[&loras]);
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("download them first"), "{stderr}");
     for (alias, fixture) in [

@@ -418,7 +418,11 @@ fn generate_checks_its_arguments_before_loading_the_checkpoint() {
         (&["--cfg", "1000"][..], "0..=50"),
         (&["--clip-skip", "0"][..], "--clip-skip 0: must be 1"),
         (&["--clip-skip", "50"][..], "--clip-skip 50: must be 1"),
-        (&["--sampler", "bogus"][..], "expected one of ddim"),
+        // A clap value enum: refused while parsing, with every name.
+        (
+            &["--sampler", "bogus"][..],
+            "possible values: ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras, pndm",
+        ),
         (&["--batch", "100000"][..], "1..=256"),
     ] {
         let output = generate(extra);

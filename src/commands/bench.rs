@@ -223,6 +223,7 @@ fn bench<B: Backend>(
         device.clone(),
     );
     let job = SampleJob {
+        adapters: Vec::new(),
         prompt: "a photo of a cat in the rain".into(),
         negative_prompt: String::new(),
         seed: 0,

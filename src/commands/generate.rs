@@ -1,25 +1,22 @@
 //! `stylus generate`: (select +) merge + SD 1.5 sampling -> `NNNN.png` with A1111 parameters and
 //! a `plan.json` beside them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use burn::tensor::DType;
-use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use stylus_composer::{LocalComposer, StrategyMasker};
+use stylus::render::{Device, load_sampler};
+use stylus::{Source, Stylus};
 use stylus_core::{
-    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, Merger, ResolvedAdapter, SampleJob,
-    Sampler, SamplingParams, SelectOptions, Stylus, StylusConfig, StylusError, WeightedAdapter,
+    AdapterId, ExplicitLora, GenerationRequest, SamplerKind, SamplingParams, StylusConfig,
+    StylusError, WeightedAdapter,
 };
-use stylus_diffusion::StableDiffusion;
-use stylus_diffusion::clip_tokenizer::ClipTokenizer;
-use stylus_diffusion::lora::LoraMerger;
 use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
 };
-use stylus_diffusion::sampler::{SamplingProgress, SdSampler, vae_scale_factor, write_latents};
+use stylus_diffusion::sampler::{SamplingProgress, write_latents};
 use stylus_refiner::locator::FolderLocator;
 
 #[derive(Debug, clap::Args)]
@@ -50,10 +47,9 @@ pub struct Args {
     /// Classifier-free guidance scale (default: the config's, 5).
     #[arg(long)]
     pub cfg: Option<f32>,
-    /// ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras or pndm (default: the config's,
-    /// dpmpp_2m_karras).
-    #[arg(long)]
-    pub sampler: Option<String>,
+    /// Sampler (default: the config's, dpmpp_2m_karras).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
     /// Image width in pixels, a multiple of 8 (default: the config's, 512).
     #[arg(long)]
     pub width: Option<u32>,
@@ -75,9 +71,9 @@ pub struct Args {
     /// Save the final denoised latents (before VAE decoding), same format.
     #[arg(long, value_name = "FILE")]
     pub save_latents: Option<PathBuf>,
-    /// cpu, wgpu or cuda (GPU ones need the matching build feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Compute device (GPU ones need the matching build feature).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Output directory for NNNN.png and plan.json (created; existing images are never
     /// overwritten without --force).
     #[arg(long, value_name = "DIR")]
@@ -93,40 +89,7 @@ pub fn run(mut args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     // One line, no terminal escapes: what the pipeline, plan.json and the PNG text get.
     args.prompt = stylus_core::text::clean_prompt(&args.prompt);
     args.negative = stylus_core::text::clean_prompt(&args.negative);
-    match args.device.as_str() {
-        "cpu" => generate::<stylus_diffusion::backend::CpuBackend>(
-            &args,
-            config,
-            stylus_diffusion::backend::cpu_device(),
-        ),
-        #[cfg(feature = "cuda")]
-        "cuda" => generate::<stylus_diffusion::backend::CudaBackend>(
-            &args,
-            config,
-            stylus_diffusion::backend::cuda_device(0)?,
-        ),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => generate::<stylus_diffusion::backend::WgpuBackend>(
-            &args,
-            config,
-            stylus_diffusion::backend::wgpu_device()?,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => Err(missing_feature("cuda")),
-        #[cfg(not(feature = "wgpu"))]
-        "wgpu" => Err(missing_feature("wgpu")),
-        other => Err(StylusError::InvalidArgument(format!(
-            "unknown device `{other}`; expected cpu, wgpu or cuda"
-        ))),
-    }
-}
-
-/// The error for a GPU device this build was compiled without.
-#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
-fn missing_feature(device: &str) -> StylusError {
-    StylusError::Device(format!(
-        "this build has no `{device}` support; rebuild with `--features {device}`"
-    ))
+    generate(&args, config)
 }
 
 /// What `plan.json` records: the request and, per image, the file and its recipe.
@@ -152,11 +115,7 @@ struct PlanImage<'a> {
     parameters: String,
 }
 
-fn generate<B: Backend>(
-    args: &Args,
-    config: &StylusConfig,
-    device: B::Device,
-) -> Result<(), StylusError> {
+fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     if args.batch == 0 {
         return Err(StylusError::InvalidArgument(
             "--batch must be at least 1".into(),
@@ -177,7 +136,9 @@ fn generate<B: Backend>(
     let sampling = SamplingParams {
         steps: args.steps.unwrap_or(defaults.steps),
         guidance_scale: args.cfg.unwrap_or(defaults.guidance_scale),
-        sampler: args.sampler.clone().unwrap_or(defaults.sampler.clone()),
+        sampler: args
+            .sampler
+            .map_or(defaults.sampler.clone(), |kind| kind.name().to_string()),
         width: args.width.unwrap_or(defaults.width),
         height: args.height.unwrap_or(defaults.height),
         clip_skip: args.clip_skip.unwrap_or(defaults.clip_skip),
@@ -205,118 +166,76 @@ fn generate<B: Backend>(
             args.checkpoint.display()
         )));
     }
+    args.device.check()?;
     check_outputs(args)?;
+    // The catalog opens before the checkpoint loads (seconds to minutes): a bad store fails fast.
+    let source = if selecting {
+        Source::Catalog(stylus::catalog::open(args.index.as_deref(), config, false)?)
+    } else {
+        // No selection: nothing is searched; the small bundled catalog fills the slot.
+        Source::Bundled
+    };
     std::fs::create_dir_all(&args.out).map_err(|e| StylusError::io(&args.out, e))?;
 
-    let (model, _report) = StableDiffusion::<B>::load(&args.checkpoint, &device, DType::F32)?;
-    let latent_dims = |n: usize| {
-        let factor = vae_scale_factor(&model) as u32;
-        [
-            n,
-            model.config.vae.latent_channels,
-            (sampling.height / factor) as usize,
-            (sampling.width / factor) as usize,
-        ]
-    };
-    let save_dims = latent_dims(args.batch);
-    let tokenizer = ClipTokenizer::for_checkpoint(
-        Some(args.checkpoint.as_path()).filter(|path| path.is_dir()),
-    )?;
-    let merger = Arc::new(LoraMerger::new(
-        model.unet.clone(),
-        &model.config.unet,
-        model.text_encoder.clone(),
-        &device,
-    ));
     let bar = ProgressBar::new(sampling.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} {elapsed}")
             .expect("the progress template is valid"),
     );
     let progress_bar = bar.clone();
-    let sampler = Arc::new(
-        SdSampler::new(Arc::new(Mutex::new(model)), tokenizer, device)
-            .with_merger(merger.clone())
-            .with_progress(Arc::new(move |p: SamplingProgress| {
-                progress_bar.set_length(p.steps as u64);
-                progress_bar.set_position(p.step as u64);
-                progress_bar.set_message(format!(
-                    "images {}..{}",
-                    p.first_image + 1,
-                    p.first_image + p.batch
-                ));
-            })),
-    );
+    let loaded = load_sampler(
+        &args.checkpoint,
+        args.device,
+        Some(Arc::new(move |p: SamplingProgress| {
+            progress_bar.set_length(p.steps as u64);
+            progress_bar.set_position(p.step as u64);
+            progress_bar.set_message(format!(
+                "images {}..{}",
+                p.first_image + 1,
+                p.first_image + p.batch
+            ));
+        })),
+    )?;
+    let save_dims = [
+        args.batch,
+        loaded.latent_channels,
+        (sampling.height as usize) / loaded.vae_factor,
+        (sampling.width as usize) / loaded.vae_factor,
+    ];
 
-    let locator = args
-        .lora_dir
-        .as_ref()
-        .map(FolderLocator::new)
-        .transpose()?
-        .map(Arc::new);
-    let (images, selection) = if selecting {
-        let catalog = super::catalog::open(args.index.as_deref(), config, false)?;
-        let mut builder = Stylus::builder()
-            .config(config.clone())
-            .embedder(catalog.embedder.clone())
-            .retriever(catalog.retriever)
-            .composer(Arc::new(
-                LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder),
-            ))
-            .masker(Arc::new(StrategyMasker::new(config.masks.strategy)))
-            .merger(merger.clone())
-            .sampler(sampler.clone());
-        if let Some(locator) = &locator {
-            builder = builder.locator(locator.clone());
-        }
-        let stylus = builder.build()?;
-        let runtime = super::runtime()?;
-        let options = SelectOptions {
-            batch: Some(args.batch),
-            seed: args.seed,
-        };
-        let plan = runtime.block_on(stylus.select_with(&args.prompt, options))?;
-        let request = GenerationRequest {
-            prompt: args.prompt.clone(),
-            negative_prompt: args.negative.clone(),
-            batch: args.batch,
-            seed: args.seed,
-            sampling: sampling.clone(),
-            select: true,
-            explicit_loras: Vec::new(),
-            init_latents: args.latents.clone(),
-            keep_latents: args.save_latents.is_some(),
-        };
-        let images = runtime.block_on(stylus.generate(&request))?;
-        let plan = serde_json::to_value(&plan).expect("a selection plan serializes");
-        (images, Some(plan))
-    } else {
-        // Explicit adapters apply to every image: one merge, one job.
-        let resolved: Vec<ResolvedAdapter> = explicit
-            .iter()
-            .map(|lora| ResolvedAdapter {
-                adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
-                path: lora.path.clone(),
-            })
-            .collect();
-        merger.set_adapters(&resolved)?;
-        let job = SampleJob {
-            prompt: stylus_core::strip_lora_tags(&args.prompt),
-            negative_prompt: args.negative.clone(),
-            seed: args.seed,
-            first_image: 0,
-            batch: args.batch,
-            sampling: sampling.clone(),
-            init_latents: args.latents.clone(),
-            keep_latents: args.save_latents.is_some(),
-        };
-        let mut images = sampler.sample(&job)?;
-        for image in &mut images {
-            image.adapters = resolved.iter().map(|r| r.adapter.clone()).collect();
-        }
-        (images, None)
+    let mut options = Stylus::options().sampler(loaded.sampler.clone());
+    if let Some(dir) = &args.lora_dir {
+        options = options.locator(Arc::new(FolderLocator::new(dir)?));
+    }
+    let stylus = options.open(source, config)?;
+    let request = GenerationRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative.clone(),
+        batch: args.batch,
+        seed: args.seed,
+        sampling: sampling.clone(),
+        select: selecting,
+        explicit_loras: explicit,
+        init_latents: args.latents.clone(),
+        keep_latents: args.save_latents.is_some(),
     };
+    // Selection runs once, inside `generate`; plan.json records the plan the images came from.
+    let generation = super::runtime()?.block_on(stylus.generate(&request))?;
     bar.finish_and_clear();
+    let images = generation.images;
+    let selection = generation
+        .plan
+        .as_ref()
+        .map(|plan| serde_json::to_value(plan).expect("a selection plan serializes"));
+    // A1111's "Lora hashes": each file hashed once per run (the locator's hash when it made one).
+    let mut hashes: HashMap<&AdapterId, String> = HashMap::new();
+    for resolved in &generation.adapters {
+        let hash = match &resolved.tensor_sha256 {
+            Some(sha) => sha.chars().take(12).collect(),
+            None => lora_short_hash(&resolved.path)?,
+        };
+        hashes.insert(&resolved.adapter.id, hash);
+    }
 
     let model_info = ModelInfo {
         hash: args
@@ -336,10 +255,12 @@ fn generate<B: Backend>(
             .adapters
             .iter()
             .map(|adapter| {
-                let path = adapter_path(adapter, locator.as_deref())?;
+                let hash = hashes.get(&adapter.id).cloned().ok_or_else(|| {
+                    StylusError::adapter(&adapter.id, "rendered, but not among the run's files")
+                })?;
                 Ok(LoraHash {
                     alias: adapter.alias.clone(),
-                    hash: lora_short_hash(&path)?,
+                    hash,
                 })
             })
             .collect::<Result<Vec<_>, StylusError>>()?;
@@ -374,23 +295,6 @@ fn generate<B: Backend>(
     let plan_path = args.out.join("plan.json");
     let json = serde_json::to_string_pretty(&plan).expect("the plan serializes");
     std::fs::write(&plan_path, json + "\n").map_err(|e| StylusError::io(&plan_path, e))
-}
-
-/// The file of an adapter that was merged: its own path for explicit ones, else the locator's.
-fn adapter_path(
-    adapter: &WeightedAdapter,
-    locator: Option<&FolderLocator>,
-) -> Result<PathBuf, StylusError> {
-    if let AdapterId::Local(path) = &adapter.id
-        && Path::new(path).is_file()
-    {
-        return Ok(PathBuf::from(path));
-    }
-    let found = match locator {
-        Some(locator) => locator.locate(adapter)?,
-        None => None,
-    };
-    found.ok_or_else(|| StylusError::adapter(&adapter.id, "merged, but its file is gone"))
 }
 
 /// `FILE[:WEIGHT]` (see [`super::parse_lora_spec`]).

@@ -2,7 +2,6 @@
 
 pub mod bench;
 pub mod cache;
-mod catalog;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
@@ -22,6 +21,11 @@ static NETWORK_FLAGS: OnceLock<NetworkConfig> = OnceLock::new();
 /// Records the command line's network flags (once, before the command runs).
 pub fn set_network_flags(flags: NetworkConfig) {
     let _ = NETWORK_FLAGS.set(flags);
+}
+
+/// The command line's network flags alone (the facade adds the environment's and the config's).
+pub(crate) fn network_flags() -> NetworkConfig {
+    NETWORK_FLAGS.get().copied().unwrap_or_default()
 }
 
 /// The network limits of the client playing `role` (`LLM`, `VLM`, `EMBED`, `CIVITAI`): the

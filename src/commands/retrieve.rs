@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let queries = read_queries(&args)?;
     let k = args.top_k.unwrap_or(config.retriever.top_k);
-    let catalog = super::catalog::open(args.index.as_deref(), config, args.build_hnsw)?;
+    let catalog = stylus::catalog::open(args.index.as_deref(), config, args.build_hnsw)?;
     let started = std::time::Instant::now();
     let vectors = super::runtime()?.block_on(catalog.embedder.embed(&queries))?;
     let embed_ms = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
@@ -45,10 +45,9 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     let mut out = std::io::stdout().lock();
     for (query, vector) in queries.iter().zip(&vectors) {
         let started = std::time::Instant::now();
-        let results =
-            catalog
-                .retriever
-                .retrieve_explained(Query::new(query, vector), k, &filter)?;
+        let results = catalog
+            .index
+            .retrieve_explained(Query::new(query, vector), k, &filter)?;
         let timings = Timings {
             open: catalog.open_ms,
             embed: embed_ms,

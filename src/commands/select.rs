@@ -5,14 +5,10 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use stylus_composer::llm::{LlmComposer, LlmComposerConfig};
-use stylus_composer::{LocalComposer, StrategyMasker};
-use stylus_core::openai::{OpenAiClient, OpenAiConfig};
+use stylus::{ComposerKind, Stylus};
 use stylus_core::{
-    Composer, MaskStrategy, SelectOptions, SelectionPlan, Stylus, StylusConfig, StylusError,
-    format_weight,
+    MaskStrategy, SelectOptions, SelectionPlan, StylusConfig, StylusError, format_weight,
 };
 
 /// Masks listed in the human output before "... and N more".
@@ -34,11 +30,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
     /// Composer: `local` (offline, deterministic) or `llm` (OpenAI-compatible server).
-    #[arg(long, default_value = "local")]
-    pub composer: String,
-    /// Mask strategy: all, one_hot_loras or one_hot_concepts (default: the config's).
-    #[arg(long)]
-    pub masks: Option<String>,
+    #[arg(long, value_enum, default_value_t = ComposerKind::Local)]
+    pub composer: ComposerKind,
+    /// Mask strategy (default: the config's).
+    #[arg(long, value_enum)]
+    pub masks: Option<MaskStrategy>,
     /// Sample this many masks (one per image, 1..=256); default: list every mask.
     #[arg(long, value_parser = super::usize_in(stylus_core::limits::BATCH))]
     pub batch: Option<usize>,
@@ -56,10 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
-    let strategy = match &args.masks {
-        Some(name) => name.parse::<MaskStrategy>()?,
-        None => config.masks.strategy,
-    };
+    let strategy = args.masks.unwrap_or(config.masks.strategy);
     if args.batch == Some(0) {
         return Err(StylusError::InvalidArgument(
             "--batch must be at least 1".into(),
@@ -124,50 +117,20 @@ fn read_prompts(args: &Args) -> Result<Vec<String>, StylusError> {
     }
 }
 
-/// The pipeline: embedder and retriever from the store or the bundled catalog, the chosen
-/// composer, the masker of `strategy`.
+/// The pipeline (the library facade): embedder and retriever from the store or the bundled
+/// catalog, the chosen composer, the masker of `strategy`.
 fn build(
     args: &Args,
     config: &StylusConfig,
     strategy: MaskStrategy,
 ) -> Result<(Stylus, f64), StylusError> {
-    let catalog = super::catalog::open(args.index.as_deref(), config, false)?;
-    let composer: Arc<dyn Composer> = match args.composer.as_str() {
-        "local" => Arc::new(
-            LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()),
-        ),
-        "llm" => Arc::new(llm_composer(config)?),
-        other => {
-            return Err(StylusError::InvalidArgument(format!(
-                "unknown composer `{other}` (expected local or llm)"
-            )));
-        }
-    };
-    let stylus = Stylus::builder()
-        .config(config.clone())
-        .embedder(catalog.embedder)
-        .retriever(catalog.retriever)
-        .composer(composer)
-        .masker(Arc::new(StrategyMasker::new(strategy)))
-        .build()?;
-    Ok((stylus, catalog.open_ms))
-}
-
-/// The LLM composer configured from the environment (see `--help`).
-fn llm_composer(config: &StylusConfig) -> Result<LlmComposer, StylusError> {
-    let network = super::network("LLM", config)?;
-    let client =
-        OpenAiClient::new(OpenAiConfig::from_env("LLM", "gpt-4o-mini").with_network(&network))?;
-    Ok(LlmComposer::new(
-        client,
-        LlmComposerConfig {
-            rules: config.composer.clone(),
-            reply_attempts: network
-                .reply_attempts
-                .unwrap_or(LlmComposerConfig::default().reply_attempts),
-            ..LlmComposerConfig::default()
-        },
-    ))
+    let stylus = Stylus::options()
+        .composer(args.composer)
+        .mask_strategy(strategy)
+        .network(super::network_flags())
+        .open(args.index.as_deref(), config)?;
+    let open_ms = stylus.open_ms();
+    Ok((stylus, open_ms))
 }
 
 /// The plan for people: topics in prompt order with their adapters, the masks, the A1111 prompt.
@@ -243,7 +206,7 @@ mod tests {
     fn args(prompt: &str) -> Args {
         Args {
             index: None,
-            composer: "local".into(),
+            composer: ComposerKind::Local,
             masks: None,
             batch: Some(3),
             seed: 1,
@@ -303,9 +266,10 @@ mod tests {
             assert!(adapter.get(key).is_some(), "{key}");
         }
         assert!(build(&args("x"), &config, MaskStrategy::All).is_ok());
-        let mut bad = args("x");
-        bad.composer = "gpt".into();
-        assert!(build(&bad, &config, MaskStrategy::All).is_err());
+        // Composer and mask names are enums: a wrong one is a usage error before anything opens.
+        use clap::ValueEnum;
+        assert!(ComposerKind::from_str("gpt", true).is_err());
+        assert!(MaskStrategy::from_str("some", true).is_err());
     }
 
     /// The README's prompt under each retrieval mode, with the paper's budget (3 per topic, no

@@ -9,6 +9,7 @@
 //!
 //! Weights and prompts are built by `stylus_core::WeightPolicy` and `stylus_core::PromptBuilder`.
 
+#[cfg(feature = "llm")]
 pub mod llm;
 pub mod local;
 pub mod masker;

@@ -103,6 +103,40 @@ pub enum StylusError {
     /// A pipeline stage needed for this call was not configured (e.g. `generate` without a sampler).
     #[error("pipeline is missing its {0}; configure it with the builder")]
     MissingStage(&'static str),
+
+    /// Selected adapters whose files the locator did not find: every one of them, found before
+    /// any compute starts, so the user downloads them in one go.
+    #[error(
+        "{} selected adapter file(s) not found in the LoRA folder; download them first:\n{}",
+        adapters.len(),
+        adapters.iter().map(|a| format!("  {a}")).collect::<Vec<_>>().join("\n")
+    )]
+    MissingAdapters { adapters: Vec<MissingAdapter> },
+}
+
+/// One adapter file to download (see [`StylusError::MissingAdapters`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MissingAdapter {
+    pub id: AdapterId,
+    pub title: String,
+    /// The catalog's file name, else the A1111 alias.
+    pub file: String,
+    pub download_url: Option<String>,
+}
+
+impl std::fmt::Display for MissingAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} \"{}\": {} ({})",
+            self.id,
+            self.title,
+            self.file,
+            self.download_url
+                .as_deref()
+                .unwrap_or("no download URL in the catalog")
+        )
+    }
 }
 
 impl StylusError {
@@ -152,10 +186,12 @@ impl StylusError {
     }
 
     /// The process exit code the CLI uses for this error: 2 for usage problems and a pipeline
-    /// missing a stage, 1 for everything else.
+    /// missing a stage, 3 for adapter files to download first ([`Self::MissingAdapters`]), 1 for
+    /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::InvalidArgument(_) | Self::MissingStage(_) => 2,
+            Self::MissingAdapters { .. } => 3,
             _ => 1,
         }
     }

@@ -61,6 +61,56 @@ pub const SAMPLER_NAMES: [&str; 6] = [
     "pndm",
 ];
 
+/// The samplers (schedulers) as a type, for callers that want the name checked when it is parsed
+/// (the CLI's `--sampler`, serde): [`SamplerKind::name`] is what [`SamplingParams::sampler`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "clap", value(rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    #[serde(rename = "dpmpp_2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m"))]
+    Dpmpp2m,
+    #[serde(rename = "dpmpp_2m_karras")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m_karras"))]
+    Dpmpp2mKarras,
+    Pndm,
+}
+
+impl SamplerKind {
+    pub const ALL: [SamplerKind; 6] = [
+        Self::Ddim,
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Dpmpp2m,
+        Self::Dpmpp2mKarras,
+        Self::Pndm,
+    ];
+
+    /// The name in [`SAMPLER_NAMES`].
+    pub fn name(self) -> &'static str {
+        SAMPLER_NAMES[Self::ALL.iter().position(|&k| k == self).unwrap_or(0)]
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = crate::StylusError;
+    fn from_str(name: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name.trim())
+            .ok_or_else(|| {
+                crate::StylusError::InvalidArgument(format!(
+                    "unknown sampler `{name}`; expected one of {}",
+                    SAMPLER_NAMES.join(", ")
+                ))
+            })
+    }
+}
+
 /// Limits on what can be asked of the sampler; every value outside is refused before any work,
 /// with the allowed range in the message.
 pub mod limits {
@@ -144,10 +194,13 @@ impl Default for SamplingParams {
     }
 }
 
-/// One call of the sampler: a prompt (A1111 emphasis allowed, no `<lora:>` tags) rendered with the
-/// adapters the merger made active.
+/// One call of the sampler: a prompt (A1111 emphasis allowed, no `<lora:>` tags) rendered with
+/// exactly the adapters of the job, merged for this job alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleJob {
+    /// The adapter set every image of the job is rendered with (empty: the base model).
+    #[serde(default)]
+    pub adapters: Vec<ResolvedAdapter>,
     pub prompt: String,
     pub negative_prompt: String,
     /// The request's seed; image `i` of the request draws its noise from `seed + i`.
@@ -165,6 +218,39 @@ pub struct SampleJob {
 pub struct ResolvedAdapter {
     pub adapter: WeightedAdapter,
     pub path: PathBuf,
+    /// Hex SHA-256 of the file's bytes after the safetensors header, when the locator computed
+    /// it (see [`crate::LocatedFile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_sha256: Option<String>,
+}
+
+impl ResolvedAdapter {
+    /// An adapter and its file, hash unknown.
+    pub fn new(adapter: WeightedAdapter, path: impl Into<PathBuf>) -> Self {
+        Self {
+            adapter,
+            path: path.into(),
+            tensor_sha256: None,
+        }
+    }
+
+    /// An explicitly given file (`--lora FILE:W`) at `weight`.
+    pub fn from_path(path: impl Into<PathBuf>, weight: f32) -> Self {
+        let path = path.into();
+        Self::new(WeightedAdapter::from_path(&path, weight), path)
+    }
+}
+
+/// What [`crate::Stylus::generate`] made: the plan it selected with (once), the images, and every
+/// adapter file the images used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The selection the images were rendered from; `None` when selection was off.
+    pub plan: Option<crate::SelectionPlan>,
+    pub images: Vec<GeneratedImage>,
+    /// Each adapter file used by some image, once (selected ones first, then explicit ones),
+    /// with the hash the locator computed while finding it.
+    pub adapters: Vec<ResolvedAdapter>,
 }
 
 /// What a merge did, per adapter.
@@ -209,6 +295,16 @@ pub struct GeneratedImage {
 #[cfg(test)]
 mod validate_tests {
     use super::*;
+
+    #[test]
+    fn sampler_kinds_are_the_sampler_names() {
+        for (kind, name) in SamplerKind::ALL.iter().zip(SAMPLER_NAMES) {
+            assert_eq!(kind.name(), name);
+            assert_eq!(name.parse::<SamplerKind>().unwrap(), *kind);
+            assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
+        }
+        assert!("bogus".parse::<SamplerKind>().is_err());
+    }
 
     #[test]
     fn sampling_limits_name_the_flag_and_the_range() {

@@ -8,6 +8,7 @@
 //! backend crates (`stylus-refiner`, `stylus-retriever`, `stylus-composer`, `stylus-diffusion`)
 //! or your application implement.
 
+pub mod blocking;
 pub mod card;
 pub mod config;
 pub mod error;
@@ -27,10 +28,10 @@ pub use config::{
     CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig, RetrievalMode,
     RetrieverConfig, StylusConfig,
 };
-pub use error::{Result, StylusError};
+pub use error::{MissingAdapter, Result, StylusError};
 pub use generation::{
-    AdapterMergeStats, ExplicitLora, GeneratedImage, GenerationRequest, MergeReport,
-    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplingParams, in_range, limits,
+    AdapterMergeStats, ExplicitLora, GeneratedImage, Generation, GenerationRequest, MergeReport,
+    ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplerKind, SamplingParams, in_range, limits,
 };
 pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};
@@ -39,4 +40,7 @@ pub use selection::{
     Candidate, Composition, Evidence, ExplainedCandidate, Mask, MaskStrategy, Query,
     RetrievalFilter, Topic, TopicAdapters, WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
 };
-pub use traits::{AdapterLocator, Composer, Embedder, Masker, Merger, Refiner, Retriever, Sampler};
+pub use traits::{
+    AdapterLocator, Composer, Embedder, LocatedFile, Masker, Merger, Refiner, Retriever, Sampler,
+    SearchIndex,
+};

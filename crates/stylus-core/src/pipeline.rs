@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::{
-    AdapterDoc, AdapterId, AdapterLocator, Candidate, Composer, Embedder, GeneratedImage,
-    GenerationRequest, Masker, Merger, Query, ResolvedAdapter, Result, RetrievalFilter, Retriever,
-    SampleJob, Sampler, SelectionPlan, StylusConfig, StylusError, Timings, WeightedAdapter,
-    reciprocal_rank_fusion,
+    AdapterDoc, AdapterId, AdapterLocator, Candidate, Composer, Embedder, Generation,
+    GenerationRequest, LocatedFile, Masker, MissingAdapter, Query, ResolvedAdapter, Result,
+    RetrievalFilter, Retriever, SampleJob, Sampler, SelectionPlan, StylusConfig, StylusError,
+    Timings, WeightedAdapter, reciprocal_rank_fusion,
 };
 
 /// At most this many topics are searched on their own (a long prompt's later topics ride on the
@@ -25,7 +25,9 @@ pub struct SelectOptions {
     pub seed: u64,
 }
 
-/// The Stylus pipeline: embed -> retrieve -> compose -> mask, then merge + sample.
+/// The Stylus pipeline: embed -> retrieve -> compose -> mask, then render (merge + sample as
+/// one job). Cheap to share (`Arc<Stylus>`): every method takes `&self`, and concurrent calls
+/// share no mutable state.
 pub struct Stylus {
     config: StylusConfig,
     filter: RetrievalFilter,
@@ -34,7 +36,6 @@ pub struct Stylus {
     composer: Arc<dyn Composer>,
     masker: Arc<dyn Masker>,
     locator: Option<Arc<dyn AdapterLocator>>,
-    merger: Option<Arc<dyn Merger>>,
     sampler: Option<Arc<dyn Sampler>>,
 }
 
@@ -90,9 +91,10 @@ impl Stylus {
         let t0 = Instant::now();
         let vectors = self.embed_texts(&texts).await?;
         let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let whole =
-            self.retriever
-                .retrieve(Query::new(prompt, &vectors[0]), config.top_k, &self.filter)?;
+        let whole = self
+            .retriever
+            .retrieve(Query::new(prompt, &vectors[0]), config.top_k, &self.filter)
+            .await?;
         if topics.is_empty() {
             return Ok((self.composer.rerank(prompt, whole), embed_ms));
         }
@@ -103,7 +105,8 @@ impl Stylus {
             .collect();
         let per_topic = self
             .retriever
-            .retrieve_batch(&queries, config.topic_k, &self.filter)?;
+            .retrieve_batch(&queries, config.topic_k, &self.filter)
+            .await?;
         let docs = |c: &[Candidate]| c.iter().map(|c| Arc::clone(&c.doc)).collect::<Vec<_>>();
         let whole_docs = docs(&whole);
         let topic_docs: Vec<Vec<Arc<AdapterDoc>>> = per_topic.iter().map(|c| docs(c)).collect();
@@ -164,65 +167,80 @@ impl Stylus {
         })
     }
 
-    /// Selects (unless `request.select` is off), merges each image's adapter set and samples.
-    /// Every selected adapter must be found by the locator first: a missing file is one error
-    /// listing everything to download, before any compute starts.
-    pub async fn generate(&self, request: &GenerationRequest) -> Result<Vec<GeneratedImage>> {
-        if request.batch == 0 {
-            return Err(StylusError::InvalidArgument(
-                "batch must be at least 1".into(),
-            ));
+    /// Selects once (unless `request.select` is off), then renders every image with its mask's
+    /// adapter set (see [`Stylus::generate_with_plan`]). Returns the plan with the images.
+    pub async fn generate(&self, request: &GenerationRequest) -> Result<Generation> {
+        check_request(request)?;
+        if self.sampler.is_none() {
+            return Err(StylusError::MissingStage("sampler"));
         }
+        let plan = if request.select {
+            let options = SelectOptions {
+                batch: Some(request.batch),
+                seed: request.seed,
+            };
+            Some(self.select_with(&request.prompt, options).await?)
+        } else {
+            None
+        };
+        self.generate_with_plan(request, plan).await
+    }
+
+    /// Renders `request` from a plan made before (by [`Stylus::select_with`] with one mask per
+    /// image, `batch: Some(request.batch)`): nothing is selected again. `None` renders the prompt
+    /// without selected adapters. Every selected adapter must be found by the locator first: a
+    /// missing file is one [`StylusError::MissingAdapters`] listing everything to download, before
+    /// any compute starts. Each run of images with the same adapter set is one sampler job,
+    /// rendered off the async workers with its adapter set (merge and sample in one step).
+    pub async fn generate_with_plan(
+        &self,
+        request: &GenerationRequest,
+        plan: Option<SelectionPlan>,
+    ) -> Result<Generation> {
+        check_request(request)?;
         let sampler = self
             .sampler
             .as_ref()
             .ok_or(StylusError::MissingStage("sampler"))?;
-        let merger = self
-            .merger
-            .as_ref()
-            .ok_or(StylusError::MissingStage("merger"))?;
 
         let explicit: Vec<ResolvedAdapter> = request
             .explicit_loras
             .iter()
-            .map(|lora| ResolvedAdapter {
-                adapter: WeightedAdapter::from_path(&lora.path, lora.weight),
-                path: lora.path.clone(),
-            })
+            .map(|lora| ResolvedAdapter::from_path(&lora.path, lora.weight))
             .collect();
 
         // (prompt text without <lora:> tags, selected adapters) per image.
-        let per_image: Vec<(String, Vec<WeightedAdapter>)> = if request.select {
-            let plan = self
-                .select_with(
-                    &request.prompt,
-                    SelectOptions {
-                        batch: Some(request.batch),
-                        seed: request.seed,
-                    },
-                )
-                .await?;
-            plan.masks
-                .into_iter()
-                .map(|m| (strip_lora_tags(&m.a1111_prompt), m.adapters))
-                .collect()
-        } else {
-            vec![(request.prompt.clone(), Vec::new()); request.batch]
+        let per_image: Vec<(String, Vec<WeightedAdapter>)> = match &plan {
+            Some(plan) => {
+                if plan.masks.len() != request.batch {
+                    return Err(StylusError::InvalidArgument(format!(
+                        "the plan has {} mask(s) for {} image(s); select with one mask per image",
+                        plan.masks.len(),
+                        request.batch
+                    )));
+                }
+                plan.masks
+                    .iter()
+                    .map(|m| (strip_lora_tags(&m.a1111_prompt), m.adapters.clone()))
+                    .collect()
+            }
+            None => vec![(strip_lora_tags(&request.prompt), Vec::new()); request.batch],
         };
 
-        let resolved = self.resolve_all(&per_image)?;
+        let (resolved, mut used) = self.resolve_all(&per_image).await?;
+        used.extend(explicit.iter().cloned());
         let mut images = Vec::with_capacity(request.batch);
         let mut start = 0;
         while start < per_image.len() {
-            // Consecutive images with the same adapters and prompt share one merge and one job.
+            // Consecutive images with the same adapters and prompt share one job.
             let mut end = start + 1;
             while end < per_image.len() && per_image[end] == per_image[start] {
                 end += 1;
             }
             let mut set = resolved[start].clone();
             set.extend(explicit.iter().cloned());
-            merger.set_adapters(&set)?;
             let job = SampleJob {
+                adapters: set,
                 prompt: per_image[start].0.clone(),
                 negative_prompt: request.negative_prompt.clone(),
                 seed: request.seed,
@@ -232,13 +250,23 @@ impl Stylus {
                 init_latents: request.init_latents.clone(),
                 keep_latents: request.keep_latents,
             };
-            for mut image in sampler.sample(&job)? {
-                image.adapters = set.iter().map(|r| r.adapter.clone()).collect();
+            let sampler = Arc::clone(sampler);
+            let (job, rendered) = crate::blocking::spawn_compute(move || {
+                let rendered = sampler.sample(&job);
+                (job, rendered)
+            })
+            .await;
+            for mut image in rendered? {
+                image.adapters = job.adapters.iter().map(|r| r.adapter.clone()).collect();
                 images.push(image);
             }
             start = end;
         }
-        Ok(images)
+        Ok(Generation {
+            plan,
+            images,
+            adapters: used,
+        })
     }
 
     /// One query vector per text, checked against the index's dimension.
@@ -265,56 +293,75 @@ impl Stylus {
         Ok(vectors)
     }
 
-    fn resolve_all(
+    /// Each image's adapters with their files, and every distinct file once. Each adapter is
+    /// located once, however many images use it.
+    async fn resolve_all(
         &self,
         per_image: &[(String, Vec<WeightedAdapter>)],
-    ) -> Result<Vec<Vec<ResolvedAdapter>>> {
-        let mut missing: Vec<&WeightedAdapter> = Vec::new();
-        let mut out = Vec::with_capacity(per_image.len());
-        for (_, adapters) in per_image {
-            let mut set = Vec::with_capacity(adapters.len());
-            for adapter in adapters {
-                let found = match &self.locator {
-                    Some(locator) => locator.locate(adapter)?,
-                    None => None,
-                };
-                match found {
-                    Some(path) => set.push(ResolvedAdapter {
-                        adapter: adapter.clone(),
-                        path,
-                    }),
-                    None if !missing.iter().any(|m| m.id == adapter.id) => missing.push(adapter),
-                    None => {}
+    ) -> Result<(Vec<Vec<ResolvedAdapter>>, Vec<ResolvedAdapter>)> {
+        let mut found: HashMap<AdapterId, Option<LocatedFile>> = HashMap::new();
+        let mut used: Vec<ResolvedAdapter> = Vec::new();
+        let mut missing: Vec<MissingAdapter> = Vec::new();
+        for adapter in per_image.iter().flat_map(|(_, adapters)| adapters) {
+            if found.contains_key(&adapter.id) {
+                continue;
+            }
+            let located = match &self.locator {
+                Some(locator) => locator.locate(adapter).await?,
+                None => None,
+            };
+            match &located {
+                Some(file) => used.push(ResolvedAdapter {
+                    adapter: adapter.clone(),
+                    path: file.path.clone(),
+                    tensor_sha256: file.tensor_sha256.clone(),
+                }),
+                None => {
+                    let file = adapter.file.as_ref();
+                    missing.push(MissingAdapter {
+                        id: adapter.id.clone(),
+                        title: adapter.title.clone(),
+                        file: file.map_or(adapter.alias.clone(), |f| f.name.clone()),
+                        download_url: file.and_then(|f| f.download_url.clone()),
+                    });
                 }
             }
-            out.push(set);
+            found.insert(adapter.id.clone(), located);
         }
-        if missing.is_empty() {
-            return Ok(out);
+        if !missing.is_empty() {
+            return Err(StylusError::MissingAdapters { adapters: missing });
         }
-        let list: Vec<String> = missing
+        let sets = per_image
             .iter()
-            .map(|a| {
-                let file = a.file.as_ref();
-                format!(
-                    "  {} \"{}\": {} ({})",
-                    a.id,
-                    a.title,
-                    file.map_or(a.alias.as_str(), |f| f.name.as_str()),
-                    file.and_then(|f| f.download_url.as_deref())
-                        .unwrap_or("no download URL in the catalog"),
-                )
+            .map(|(_, adapters)| {
+                adapters
+                    .iter()
+                    .filter_map(|adapter| {
+                        let file = found.get(&adapter.id)?.as_ref()?;
+                        Some(ResolvedAdapter {
+                            adapter: adapter.clone(),
+                            path: file.path.clone(),
+                            tensor_sha256: file.tensor_sha256.clone(),
+                        })
+                    })
+                    .collect()
             })
             .collect();
-        Err(StylusError::InvalidArgument(format!(
-            "{} selected adapter file(s) not found in the LoRA folder; download them first:\n{}",
-            missing.len(),
-            list.join("\n")
-        )))
+        Ok((sets, used))
     }
 }
 
-/// Removes `<lora:...>` tags (the sampler gets adapters through the merger, not the prompt).
+/// The checks of a request that need no stage.
+fn check_request(request: &GenerationRequest) -> Result<()> {
+    if request.batch == 0 {
+        return Err(StylusError::InvalidArgument(
+            "batch must be at least 1".into(),
+        ));
+    }
+    request.sampling.validate()
+}
+
+/// Removes `<lora:...>` tags (the sampler gets adapters with the job, not through the prompt).
 pub fn strip_lora_tags(prompt: &str) -> String {
     let mut out = String::with_capacity(prompt.len());
     let mut rest = prompt;
@@ -331,8 +378,8 @@ pub fn strip_lora_tags(prompt: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Builds a [`Stylus`]. Embedder, retriever, composer and masker are required; locator, merger and
-/// sampler only for `generate`.
+/// Builds a [`Stylus`]. Embedder, retriever, composer and masker are required; locator and sampler
+/// only for `generate`.
 #[derive(Default)]
 pub struct StylusBuilder {
     config: StylusConfig,
@@ -342,7 +389,6 @@ pub struct StylusBuilder {
     composer: Option<Arc<dyn Composer>>,
     masker: Option<Arc<dyn Masker>>,
     locator: Option<Arc<dyn AdapterLocator>>,
-    merger: Option<Arc<dyn Merger>>,
     sampler: Option<Arc<dyn Sampler>>,
 }
 
@@ -382,10 +428,6 @@ impl StylusBuilder {
         self.locator = Some(locator);
         self
     }
-    pub fn merger(mut self, merger: Arc<dyn Merger>) -> Self {
-        self.merger = Some(merger);
-        self
-    }
     pub fn sampler(mut self, sampler: Arc<dyn Sampler>) -> Self {
         self.sampler = Some(sampler);
         self
@@ -415,7 +457,6 @@ impl StylusBuilder {
             composer: self.composer.ok_or(StylusError::MissingStage("composer"))?,
             masker: self.masker.ok_or(StylusError::MissingStage("masker"))?,
             locator: self.locator,
-            merger: self.merger,
             sampler: self.sampler,
         })
     }

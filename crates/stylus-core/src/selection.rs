@@ -185,6 +185,8 @@ impl Mask {
 
 /// How masks are built from a composition (the paper's `masking.py` strategies).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "clap", value(rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum MaskStrategy {
     /// One mask, everything on.

@@ -54,7 +54,7 @@ struct ScanRetriever {
     docs: Vec<Arc<AdapterDoc>>,
 }
 
-impl Retriever for ScanRetriever {
+impl SearchIndex for ScanRetriever {
     fn dim(&self) -> usize {
         3
     }
@@ -143,40 +143,39 @@ impl Masker for OneAtATime {
     }
 }
 
+#[derive(Default)]
 struct FolderLocator {
     present: Vec<AdapterId>,
+    calls: Mutex<Vec<AdapterId>>,
 }
 
+#[async_trait]
 impl AdapterLocator for FolderLocator {
-    fn locate(&self, adapter: &WeightedAdapter) -> Result<Option<PathBuf>> {
-        Ok(self
-            .present
-            .contains(&adapter.id)
-            .then(|| PathBuf::from(format!("/loras/{}.safetensors", adapter.alias))))
+    async fn locate(&self, adapter: &WeightedAdapter) -> Result<Option<LocatedFile>> {
+        self.calls.lock().unwrap().push(adapter.id.clone());
+        Ok(self.present.contains(&adapter.id).then(|| LocatedFile {
+            path: PathBuf::from(format!("/loras/{}.safetensors", adapter.alias)),
+            tensor_sha256: Some(format!("{:0>64}", adapter.id.to_string())),
+        }))
     }
 }
 
-/// Records merges; renders a flat image whose colour encodes the number of active adapters.
+/// Records each job's adapter set; renders a flat image whose colour encodes the number of
+/// adapters in the job.
 #[derive(Default)]
 struct RecordingBackend {
     merges: Mutex<Vec<Vec<(String, f32)>>>,
 }
 
-impl Merger for RecordingBackend {
-    fn set_adapters(&self, adapters: &[ResolvedAdapter]) -> Result<MergeReport> {
+impl Sampler for RecordingBackend {
+    fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
         self.merges.lock().unwrap().push(
-            adapters
+            job.adapters
                 .iter()
                 .map(|a| (a.adapter.alias.clone(), a.adapter.weight))
                 .collect(),
         );
-        Ok(MergeReport::default())
-    }
-}
-
-impl Sampler for RecordingBackend {
-    fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
-        let active = self.merges.lock().unwrap().last().map_or(0, Vec::len) as u8;
+        let active = job.adapters.len() as u8;
         Ok((0..job.batch)
             .map(|i| GeneratedImage {
                 width: 8,
@@ -209,9 +208,12 @@ fn pipeline(backend: Option<Arc<RecordingBackend>>, present: Vec<AdapterId>) -> 
         .retriever(Arc::new(ScanRetriever { docs: catalog() }))
         .composer(Arc::new(CommaComposer))
         .masker(Arc::new(OneAtATime))
-        .locator(Arc::new(FolderLocator { present }));
+        .locator(Arc::new(FolderLocator {
+            present,
+            ..FolderLocator::default()
+        }));
     if let Some(b) = backend {
-        builder = builder.merger(b.clone()).sampler(b);
+        builder = builder.sampler(b);
     }
     builder.build().unwrap()
 }
@@ -273,8 +275,29 @@ async fn generate_merges_each_mask_then_samples() {
         init_latents: None,
         keep_latents: false,
     };
-    let images = stylus.generate(&request).await.unwrap();
+    let generation = stylus.generate(&request).await.unwrap();
+    let images = &generation.images;
     assert_eq!(images.len(), 3);
+    // The plan the images came from comes back with them (selection ran once).
+    let plan = generation.plan.as_ref().unwrap();
+    assert_eq!(plan.masks.len(), 3);
+    for (image, mask) in images.iter().zip(&plan.masks) {
+        assert_eq!(image.adapters.len(), mask.adapters.len() + 1);
+    }
+    // Every file once, with the locator's hash; the explicit one last.
+    let files: Vec<&str> = generation
+        .adapters
+        .iter()
+        .map(|a| a.adapter.alias.as_str())
+        .collect();
+    assert_eq!(files.last(), Some(&"detail"));
+    let distinct: std::collections::HashSet<_> = files.iter().collect();
+    assert_eq!(distinct.len(), files.len());
+    assert!(
+        generation.adapters[..files.len() - 1]
+            .iter()
+            .all(|a| a.tensor_sha256.is_some())
+    );
     assert_eq!(
         images.iter().map(|i| i.seed).collect::<Vec<_>>(),
         [42, 43, 44]
@@ -305,7 +328,13 @@ async fn generate_lists_every_missing_adapter_before_computing() {
         init_latents: None,
         keep_latents: false,
     };
-    let err = stylus.generate(&request).await.unwrap_err().to_string();
+    let err = stylus.generate(&request).await.unwrap_err();
+    let StylusError::MissingAdapters { adapters } = &err else {
+        panic!("{err}");
+    };
+    assert!(adapters.iter().all(|a| a.id != AdapterId::Civitai(1)));
+    assert_eq!(err.exit_code(), 3);
+    let err = err.to_string();
     assert!(err.contains("rain_storm.safetensors"), "{err}");
     assert!(
         err.contains("https://civitai.com/api/download/models/4"),
@@ -429,4 +458,185 @@ fn base_models_and_ids_parse() {
         strip_lora_tags("a cat <lora:x:0.5>, rain <lora:y:1>"),
         "a cat , rain"
     );
+}
+
+/// A retriever behind a service: it sends the query vector to a search server on 127.0.0.1 and
+/// awaits the ranked document indexes (one line of text each way), as a vector-database client
+/// would. The pipeline awaits it like any stage.
+struct RemoteRetriever {
+    addr: std::net::SocketAddr,
+    docs: Vec<Arc<AdapterDoc>>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Retriever for RemoteRetriever {
+    fn dim(&self) -> usize {
+        3
+    }
+    fn len(&self) -> usize {
+        self.docs.len()
+    }
+    async fn retrieve(
+        &self,
+        query: Query<'_>,
+        k: usize,
+        filter: &RetrievalFilter,
+    ) -> Result<Vec<Candidate>> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let io = |e: std::io::Error| StylusError::io("<search service>", e);
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(io)?;
+        let line: Vec<String> = query.vector.iter().map(f32::to_string).collect();
+        stream
+            .write_all(format!("{} {k}\n", line.join(",")).as_bytes())
+            .await
+            .map_err(io)?;
+        let mut reply = String::new();
+        BufReader::new(stream)
+            .read_line(&mut reply)
+            .await
+            .map_err(io)?;
+        Ok(reply
+            .split_whitespace()
+            .filter_map(|part| {
+                let (row, score) = part.split_once(':')?;
+                let doc = self.docs.get(row.parse::<usize>().ok()?)?;
+                Some(Candidate {
+                    doc: doc.clone(),
+                    score: score.parse().ok()?,
+                })
+            })
+            .filter(|c| filter.accepts(&c.doc))
+            .collect())
+    }
+}
+
+/// The search service: scores the catalog's keyword vectors against the query.
+async fn search_service() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let docs = catalog();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let docs = docs.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                BufReader::new(read).read_line(&mut line).await.unwrap();
+                let (vector, k) = line.trim().rsplit_once(' ').unwrap();
+                let query: Vec<f32> = vector.split(',').map(|v| v.parse().unwrap()).collect();
+                let mut scored: Vec<(usize, f32)> = docs
+                    .iter()
+                    .enumerate()
+                    .map(|(row, d)| {
+                        let t = d.card.title.to_lowercase();
+                        let v = ["cat", "rain", "watercolor"].map(|w| t.matches(w).count() as f32);
+                        (row, v.iter().zip(&query).map(|(a, b)| a * b).sum())
+                    })
+                    .collect();
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                scored.truncate(k.parse().unwrap());
+                let reply: Vec<String> = scored.iter().map(|(r, s)| format!("{r}:{s}")).collect();
+                write
+                    .write_all(format!("{}\n", reply.join(" ")).as_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retriever_that_awaits_a_service_plugs_in() {
+    let addr = search_service().await;
+    let remote = Arc::new(RemoteRetriever {
+        addr,
+        docs: catalog(),
+        requests: 0.into(),
+    });
+    let build = |retriever: Arc<dyn Retriever>| {
+        Stylus::builder()
+            .embedder(Arc::new(KeywordEmbedder))
+            .retriever(retriever)
+            .composer(Arc::new(CommaComposer))
+            .masker(Arc::new(OneAtATime))
+            .build()
+            .unwrap()
+    };
+    let prompt = "A Cat, in the Rain, watercolor";
+    let over_the_wire = build(remote.clone()).select(prompt).await.unwrap();
+    let in_process = build(Arc::new(ScanRetriever { docs: catalog() }))
+        .select(prompt)
+        .await
+        .unwrap();
+    assert!(remote.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(over_the_wire.topics, in_process.topics);
+    assert_eq!(over_the_wire.a1111_prompt, in_process.a1111_prompt);
+}
+
+#[tokio::test]
+async fn generate_with_a_plan_selects_nothing_and_locates_each_adapter_once() {
+    let backend = Arc::new(RecordingBackend::default());
+    let present: Vec<AdapterId> = (1..=5).map(AdapterId::Civitai).collect();
+    let locator = Arc::new(FolderLocator {
+        present,
+        ..FolderLocator::default()
+    });
+    let stylus = Stylus::builder()
+        .embedder(Arc::new(KeywordEmbedder))
+        .retriever(Arc::new(ScanRetriever { docs: catalog() }))
+        .composer(Arc::new(CommaComposer))
+        .masker(Arc::new(OneAtATime))
+        .locator(locator.clone())
+        .sampler(backend.clone())
+        .build()
+        .unwrap();
+    let request = GenerationRequest {
+        prompt: "a cat, in the rain".into(),
+        negative_prompt: String::new(),
+        batch: 6,
+        seed: 3,
+        sampling: SamplingParams::default(),
+        select: true,
+        explicit_loras: vec![],
+        init_latents: None,
+        keep_latents: false,
+    };
+    let plan = stylus
+        .select_with(
+            &request.prompt,
+            SelectOptions {
+                batch: Some(6),
+                seed: 3,
+            },
+        )
+        .await
+        .unwrap();
+    let generation = stylus
+        .generate_with_plan(&request, Some(plan.clone()))
+        .await
+        .unwrap();
+    assert_eq!(generation.plan.as_ref(), Some(&plan));
+    let calls = locator.calls.lock().unwrap().clone();
+    let distinct: std::collections::HashSet<_> = calls.iter().collect();
+    assert_eq!(calls.len(), distinct.len(), "located once each: {calls:?}");
+    for (image, mask) in generation.images.iter().zip(&plan.masks) {
+        assert_eq!(image.adapters, mask.adapters);
+    }
+    // A plan with another number of masks than images is refused.
+    let mut short = plan;
+    short.masks.pop();
+    assert!(matches!(
+        stylus.generate_with_plan(&request, Some(short)).await,
+        Err(StylusError::InvalidArgument(_))
+    ));
 }

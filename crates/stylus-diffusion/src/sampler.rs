@@ -91,8 +91,9 @@ pub struct SamplingProgress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(SamplingProgress) + Send + Sync>;
 
-/// txt2img on an SD model; with a [`LoraMerger`], on the UNet and text encoder the merger made
-/// active.
+/// txt2img on an SD model; with a [`LoraMerger`], each job renders with its own adapter set
+/// ([`SampleJob::adapters`]) merged for it alone ([`LoraMerger::models_for`]): merge and sample
+/// are one step, and concurrent jobs never see each other's LoRAs.
 pub struct SdSampler<B: Backend> {
     /// The loaded model (VAE, configs, and the networks used when there is no merger). burn
     /// modules are `Send` but not `Sync`, hence the lock.
@@ -131,8 +132,8 @@ impl<B: Backend> SdSampler<B> {
         }
     }
 
-    /// Samples with the networks `merger` makes active (build the merger on this model's UNet
-    /// and text encoder).
+    /// Merges each job's adapters with `merger` (build the merger on this model's UNet and text
+    /// encoder). Without a merger, a job with adapters is refused.
     pub fn with_merger(mut self, merger: Arc<LoraMerger<B>>) -> Self {
         self.merger = Some(merger);
         self
@@ -150,20 +151,23 @@ impl<B: Backend> SdSampler<B> {
         self
     }
 
-    /// The model to sample with now: the merger's active networks, or the loaded ones (clones
-    /// share tensor storage).
-    fn current_model(&self) -> Result<StableDiffusion<B>> {
-        let model = self
-            .model
-            .lock()
-            .map_err(|_| StylusError::Device("the model lock was poisoned by a panic".into()))?;
+    /// The model for one job: the base networks with the job's adapters merged in (clones share
+    /// tensor storage; the job owns them).
+    fn job_model(&self, job: &SampleJob) -> Result<StableDiffusion<B>> {
         let (text_encoder, unet) = match &self.merger {
             Some(merger) => {
-                let active = merger.active();
-                (active.text_encoder, active.unet)
+                let models = merger.models_for(&crate::lora::merger::strengths(&job.adapters))?;
+                (models.text_encoder, models.unet)
             }
-            None => (model.text_encoder.clone(), model.unet.clone()),
+            None if !job.adapters.is_empty() => {
+                return Err(StylusError::MissingStage("merger"));
+            }
+            None => {
+                let model = self.lock_model()?;
+                (model.text_encoder.clone(), model.unet.clone())
+            }
         };
+        let model = self.lock_model()?;
         Ok(StableDiffusion {
             text_encoder,
             unet,
@@ -173,10 +177,20 @@ impl<B: Backend> SdSampler<B> {
     }
 }
 
+impl<B: Backend> SdSampler<B> {
+    fn lock_model(&self) -> Result<std::sync::MutexGuard<'_, StableDiffusion<B>>> {
+        self.model
+            .lock()
+            .map_err(|_| StylusError::Device("the model lock was poisoned by a panic".into()))
+    }
+}
+
 impl<B: Backend> Sampler for SdSampler<B> {
     fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
         let params = &job.sampling;
-        let model = self.current_model()?;
+        // Checked before any merge.
+        params.validate()?;
+        let model = self.job_model(job)?;
         let factor = vae_scale_factor(&model);
         let shape = latent_shape(job, factor, model.config.vae.latent_channels)?;
         let mut scheduler = scheduler_by_name(&params.sampler, &self.schedule, params.steps)?;

@@ -209,6 +209,7 @@ fn merger_trait_uses_the_adapter_weight_for_both_networks() {
             file: None,
         },
         path: lora_fixture("kohya_lora.safetensors"),
+        tensor_sha256: None,
     };
     let dyn_merger: &dyn Merger = &merger;
     let report = dyn_merger.set_adapters(&[resolved]).unwrap();

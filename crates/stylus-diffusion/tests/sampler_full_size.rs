@@ -44,6 +44,7 @@ fn full_size_sd15_txt2img_runs_on_cpu() {
         times.lock().unwrap().push(Instant::now());
     }));
     let job = SampleJob {
+        adapters: Vec::new(),
         prompt: "a castle on a hill at golden hour, realistic, best quality".into(),
         negative_prompt: "blurry".into(),
         seed: 1,

@@ -30,6 +30,7 @@ fn tiny_checkpoint() -> std::path::PathBuf {
 
 fn job(sampler: &str, batch: usize, first_image: usize) -> SampleJob {
     SampleJob {
+        adapters: Vec::new(),
         prompt: "a castle on a hill, (golden hour:1.3), [fog]".into(),
         negative_prompt: "blurry, lowres".into(),
         seed: 42,
@@ -133,8 +134,8 @@ fn emphasis_and_prompts_change_the_image_and_bad_sizes_are_refused() {
 }
 
 #[test]
-fn sampler_renders_with_the_adapters_the_merger_made_active() {
-    use stylus_core::{Merger, ResolvedAdapter, WeightedAdapter};
+fn sampler_renders_with_the_adapters_of_the_job() {
+    use stylus_core::{Merger, ResolvedAdapter};
     use stylus_diffusion::lora::LoraMerger;
 
     let dir = tempfile::tempdir().unwrap();
@@ -161,17 +162,25 @@ fn sampler_renders_with_the_adapters_the_merger_made_active() {
 
     let lora = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/lora/kohya_lora.safetensors");
-    merger
-        .set_adapters(&[ResolvedAdapter {
-            adapter: WeightedAdapter::from_path(&lora, 0.8),
-            path: lora,
-        }])
-        .unwrap();
-    let with_lora = merged_sampler.sample(&job("ddim", 1, 0)).unwrap();
+    let with_adapter = SampleJob {
+        adapters: vec![ResolvedAdapter::from_path(&lora, 0.8)],
+        ..job("ddim", 1, 0)
+    };
+    let with_lora = merged_sampler.sample(&with_adapter).unwrap();
     assert_ne!(pixels(&with_lora), pixels(&plain));
+    // The merger's own active set does not leak into a job: the job's set is what renders.
     merger.set_adapters(&[]).unwrap();
+    assert_eq!(
+        pixels(&merged_sampler.sample(&with_adapter).unwrap()),
+        pixels(&with_lora)
+    );
     assert_eq!(
         pixels(&merged_sampler.sample(&job("ddim", 1, 0)).unwrap()),
         pixels(&plain)
     );
+    // A sampler without a merger refuses a job with adapters.
+    assert!(matches!(
+        sampler(dir.path()).sample(&with_adapter),
+        Err(StylusError::MissingStage("merger"))
+    ));
 }

@@ -6,6 +6,7 @@ pub mod bert;
 pub mod bundled;
 pub mod card_refiner;
 pub mod civitai;
+#[cfg(feature = "http")]
 pub mod civitai_api;
 pub mod filters;
 pub mod html;
@@ -13,6 +14,8 @@ pub mod indexer;
 pub mod lexical;
 pub mod locator;
 pub mod lora_folder;
+#[cfg(feature = "http")]
 pub mod openai_embedder;
 pub mod store;
+#[cfg(feature = "http")]
 pub mod vlm_refiner;

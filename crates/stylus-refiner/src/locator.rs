@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use stylus_core::{AdapterId, AdapterLocator, Result, WeightedAdapter};
+use stylus_core::{AdapterId, AdapterLocator, LocatedFile, Result, WeightedAdapter};
 
 use crate::civitai::file_stem;
 use crate::lora_folder::{FileHashes, hash_safetensors, read_header, safetensors_files_in};
@@ -79,8 +79,26 @@ struct Wanted {
     sshs: Option<String>,
 }
 
+#[async_trait::async_trait]
 impl AdapterLocator for FolderLocator {
-    fn locate(&self, adapter: &WeightedAdapter) -> Result<Option<PathBuf>> {
+    /// Hashing reads files: the lookup runs as CPU work off the runtime's other tasks
+    /// ([`stylus_core::blocking::run_cpu`]).
+    async fn locate(&self, adapter: &WeightedAdapter) -> Result<Option<LocatedFile>> {
+        stylus_core::blocking::run_cpu(|| self.locate_blocking(adapter))
+    }
+}
+
+impl FolderLocator {
+    /// [`AdapterLocator::locate`] on this thread, with the tensor hash when it was computed
+    /// (a match by hash, or a cached one).
+    pub fn locate_blocking(&self, adapter: &WeightedAdapter) -> Result<Option<LocatedFile>> {
+        Ok(self.find(adapter)?.map(|path| LocatedFile {
+            tensor_sha256: self.lock().get(&path).map(|h| h.sshs_model_hash.clone()),
+            path,
+        }))
+    }
+
+    fn find(&self, adapter: &WeightedAdapter) -> Result<Option<PathBuf>> {
         let wanted = Wanted {
             file_sha256: adapter
                 .file

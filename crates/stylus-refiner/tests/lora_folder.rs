@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use stylus_core::{AdapterFile, AdapterId, AdapterLocator, BaseModel, WeightedAdapter};
+use stylus_core::{AdapterFile, AdapterId, BaseModel, WeightedAdapter};
 use stylus_refiner::locator::FolderLocator;
 use stylus_refiner::lora_folder::{
     MAX_HEADER_BYTES, detect_base_model, entry_from_lora_file, read_header, read_lora_folder,
@@ -298,6 +298,11 @@ fn folder_locator_finds_files_by_name_alias_and_hash() {
     kohya_sd1(&other, &[("ss_output_name", "other")]);
     let sha = hex::encode(Sha256::digest(std::fs::read(&other).unwrap()));
     let locator = FolderLocator::new(dir.path()).unwrap();
+    let locate = |adapter: &WeightedAdapter| {
+        locator
+            .locate_blocking(adapter)
+            .map(|found| found.map(|f| f.path))
+    };
 
     let adapter = |alias: &str, file: Option<AdapterFile>| WeightedAdapter {
         id: AdapterId::Civitai(1),
@@ -309,7 +314,7 @@ fn folder_locator_finds_files_by_name_alias_and_hash() {
         file,
     };
     assert_eq!(
-        locator.locate(&adapter("ink_wash", None)).unwrap(),
+        locate(&adapter("ink_wash", None)).unwrap(),
         Some(path.clone())
     );
     let named = AdapterFile {
@@ -317,7 +322,7 @@ fn folder_locator_finds_files_by_name_alias_and_hash() {
         ..AdapterFile::default()
     };
     assert_eq!(
-        locator.locate(&adapter("x", Some(named))).unwrap(),
+        locate(&adapter("x", Some(named))).unwrap(),
         Some(path.clone())
     );
     // Same name, different hash: another version of the file, not a match, unless the hash
@@ -328,7 +333,7 @@ fn folder_locator_finds_files_by_name_alias_and_hash() {
         ..AdapterFile::default()
     };
     assert_eq!(
-        locator.locate(&adapter("ink_wash", Some(by_hash))).unwrap(),
+        locate(&adapter("ink_wash", Some(by_hash))).unwrap(),
         Some(other.clone())
     );
     let wrong = AdapterFile {
@@ -336,15 +341,18 @@ fn folder_locator_finds_files_by_name_alias_and_hash() {
         sha256: Some("0".repeat(64)),
         ..AdapterFile::default()
     };
-    assert_eq!(
-        locator.locate(&adapter("ink_wash", Some(wrong))).unwrap(),
-        None
-    );
-    assert_eq!(locator.locate(&adapter("missing", None)).unwrap(), None);
+    assert_eq!(locate(&adapter("ink_wash", Some(wrong))).unwrap(), None);
+    assert_eq!(locate(&adapter("missing", None)).unwrap(), None);
 
     // Local ids carry the sshs_model_hash.
     let entry = entry_from_lora_file(&other).unwrap();
     let mut local = adapter("nothing", None);
     local.id = entry.card.id.clone();
-    assert_eq!(locator.locate(&local).unwrap(), Some(other));
+    assert_eq!(locate(&local).unwrap(), Some(other.clone()));
+    // A file found by its hash comes with it: nobody hashes it again.
+    let found = locator.locate_blocking(&local).unwrap().unwrap();
+    assert_eq!(
+        found.tensor_sha256.as_deref(),
+        local.id.to_string().strip_prefix("sha256:")
+    );
 }

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use stylus_core::{AdapterDoc, Candidate, Query, Result, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{
+    AdapterDoc, Candidate, Query, Result, RetrievalFilter, SearchIndex, StylusError,
+};
 
 use crate::filter::{FilterCache, FilterMask};
 use crate::select::{Hit, top_k};
@@ -141,7 +143,7 @@ impl ExactRetriever {
     }
 }
 
-impl Retriever for ExactRetriever {
+impl SearchIndex for ExactRetriever {
     fn dim(&self) -> usize {
         self.vectors.dim()
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use hnsw_rs::prelude::{DistDot, Hnsw, Neighbour};
 use rayon::prelude::*;
 use stylus_core::{
-    AdapterDoc, Candidate, HnswConfig, Query, Result, RetrievalFilter, Retriever, StylusError,
+    AdapterDoc, Candidate, HnswConfig, Query, Result, RetrievalFilter, SearchIndex, StylusError,
 };
 
 use crate::exact::{ExactRetriever, check_k, to_candidates};
@@ -206,7 +206,7 @@ fn to_hits(neighbours: &[Neighbour], mask: Option<&FilterMask>) -> Vec<Hit> {
         .collect()
 }
 
-impl Retriever for HnswRetriever {
+impl SearchIndex for HnswRetriever {
     fn dim(&self) -> usize {
         self.exact.vectors().dim()
     }

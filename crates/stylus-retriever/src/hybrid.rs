@@ -12,7 +12,7 @@ pub use stylus_core::reciprocal_rank_fusion;
 
 use stylus_core::{
     AdapterDoc, AdapterId, Candidate, Evidence, ExplainedCandidate, Query, Result, RetrievalFilter,
-    RetrievalMode, Retriever,
+    RetrievalMode, SearchIndex,
 };
 
 use crate::exact::check_k;
@@ -44,7 +44,7 @@ impl Default for FusionConfig {
 
 /// A dense retriever and a lexical index over the same documents, fused.
 pub struct HybridRetriever {
-    dense: Arc<dyn Retriever>,
+    dense: Arc<dyn SearchIndex>,
     lexical: LexicalIndex,
     fusion: FusionConfig,
 }
@@ -59,7 +59,7 @@ impl std::fmt::Debug for HybridRetriever {
 }
 
 impl HybridRetriever {
-    pub fn new(dense: Arc<dyn Retriever>, lexical: LexicalIndex, fusion: FusionConfig) -> Self {
+    pub fn new(dense: Arc<dyn SearchIndex>, lexical: LexicalIndex, fusion: FusionConfig) -> Self {
         Self {
             dense,
             lexical,
@@ -69,7 +69,7 @@ impl HybridRetriever {
 
     /// BM25 alone: the dense ranking gets no weight and only fills the list past the documents
     /// that share a word with the prompt (so K is never starved by a short prompt).
-    pub fn bm25_only(dense: Arc<dyn Retriever>, lexical: LexicalIndex) -> Self {
+    pub fn bm25_only(dense: Arc<dyn SearchIndex>, lexical: LexicalIndex) -> Self {
         let fusion = FusionConfig {
             dense_weight: 0.0,
             ..FusionConfig::default()
@@ -83,10 +83,10 @@ impl HybridRetriever {
 /// (hashed TF-IDF), which is what [`RetrievalMode::Auto`] decides on.
 pub fn with_mode(
     mode: RetrievalMode,
-    dense: Arc<dyn Retriever>,
+    dense: Arc<dyn SearchIndex>,
     docs: Vec<Arc<AdapterDoc>>,
     dense_is_lexical: bool,
-) -> Arc<dyn Retriever> {
+) -> Arc<dyn SearchIndex> {
     let lexical =
         || Ok::<_, std::convert::Infallible>(LexicalIndex::build(docs, LexicalConfig::default()));
     match with_mode_from(mode, dense, dense_is_lexical, lexical) {
@@ -99,10 +99,10 @@ pub fn with_mode(
 /// only when the mode uses BM25.
 pub fn with_mode_from<E>(
     mode: RetrievalMode,
-    dense: Arc<dyn Retriever>,
+    dense: Arc<dyn SearchIndex>,
     dense_is_lexical: bool,
     lexical: impl FnOnce() -> std::result::Result<LexicalIndex, E>,
-) -> std::result::Result<Arc<dyn Retriever>, E> {
+) -> std::result::Result<Arc<dyn SearchIndex>, E> {
     Ok(match mode {
         RetrievalMode::Dense => dense,
         RetrievalMode::Bm25 => Arc::new(HybridRetriever::bm25_only(dense, lexical()?)),
@@ -118,7 +118,7 @@ pub fn with_mode_from<E>(
 }
 
 impl HybridRetriever {
-    /// [`Retriever::retrieve`] with no dense weight, reading each ranking only as deep as the
+    /// [`SearchIndex::retrieve`] with no dense weight, reading each ranking only as deep as the
     /// result needs: the fused list is the first `k` BM25 hits, then dense hits that are not
     /// among them, so BM25 to `k` and the vectors to `k` plus the BM25 hits give the same list
     /// as reading both to the fusion depth (tested), at a fraction of the cost when the pipeline
@@ -154,7 +154,7 @@ impl HybridRetriever {
     }
 }
 
-impl Retriever for HybridRetriever {
+impl SearchIndex for HybridRetriever {
     fn dim(&self) -> usize {
         self.dense.dim()
     }
@@ -239,7 +239,7 @@ mod tests {
     use stylus_core::AdapterId;
 
     /// 40 synthetic docs (tag `tag{i % 5}`) behind an exact dense retriever, fused with BM25.
-    fn retrievers() -> (Arc<dyn Retriever>, LexicalIndex, Vec<f32>) {
+    fn retrievers() -> (Arc<dyn SearchIndex>, LexicalIndex, Vec<f32>) {
         let d = docs(40);
         let vectors = ClusteredVectors::new(8, 4, 0.3, 1);
         let dense = ExactRetriever::new(d.clone(), vectors.matrix(40, 2)).unwrap();
@@ -328,7 +328,7 @@ mod tests {
         let (dense, lexical, query) = retrievers();
         let all = RetrievalFilter::default();
         let ranked =
-            |r: &dyn Retriever| ids(&r.retrieve(Query::new("tag3", &query), 20, &all).unwrap());
+            |r: &dyn SearchIndex| ids(&r.retrieve(Query::new("tag3", &query), 20, &all).unwrap());
         let docs = lexical.docs().to_vec();
         let bm25 = HybridRetriever::bm25_only(dense.clone(), lexical);
         let fused = HybridRetriever::new(

@@ -6,7 +6,7 @@
 //! - [`LexicalIndex`] (BM25) and [`HybridRetriever`]: dense + lexical rankings fused by RRF.
 //! - [`eval`]: recall@k / MRR of a ranking against the adapter a prompt was made with.
 //!
-//! Both implement [`stylus_core::Retriever`], are `Send + Sync` and answer batches of queries.
+//! Both implement [`stylus_core::SearchIndex`], are `Send + Sync` and answer batches of queries.
 //! Vectors are L2-normalized, so similarity is the dot product (cosine).
 
 pub mod eval;

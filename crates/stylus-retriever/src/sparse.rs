@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use stylus_core::{AdapterDoc, Candidate, Query, Result, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{
+    AdapterDoc, Candidate, Query, Result, RetrievalFilter, SearchIndex, StylusError,
+};
 
 use crate::exact::check_k;
 
@@ -104,7 +106,7 @@ impl SparseRetriever {
     }
 }
 
-impl Retriever for SparseRetriever {
+impl SearchIndex for SparseRetriever {
     fn dim(&self) -> usize {
         self.dim
     }

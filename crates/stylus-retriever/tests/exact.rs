@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use stylus_core::{AdapterId, Category, Query, RetrievalFilter, Retriever, StylusError};
+use stylus_core::{AdapterId, Category, Query, RetrievalFilter, SearchIndex, StylusError};
 use stylus_retriever::synthetic::{ClusteredVectors, docs};
 use stylus_retriever::{ExactRetriever, VectorMatrix};
 

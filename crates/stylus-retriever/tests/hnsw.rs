@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use stylus_core::{
-    AdapterId, Category, HnswConfig, Query, RetrievalFilter, Retriever, StylusError,
+    AdapterId, Category, HnswConfig, Query, RetrievalFilter, SearchIndex, StylusError,
 };
 use stylus_retriever::synthetic::{ClusteredVectors, docs};
 use stylus_retriever::{Hit, HnswRetriever, VectorMatrix};

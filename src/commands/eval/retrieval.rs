@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 use stylus_composer::{LocalComposer, StrategyMasker};
 use stylus_core::{
-    AdapterCard, AdapterDoc, Candidate, MaskStrategy, Query, RetrievalFilter, Retriever, Stylus,
+    AdapterCard, AdapterDoc, Candidate, MaskStrategy, Query, RetrievalFilter, SearchIndex, Stylus,
     StylusConfig, StylusError, strip_lora_tags,
 };
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};

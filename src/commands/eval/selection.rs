@@ -23,10 +23,9 @@ use serde::Serialize;
 use stylus_composer::relevance::FEATURE_NAMES;
 use stylus_composer::segmentation_eval::content_words_baseline;
 use stylus_composer::{
-    LocalComposer, Prf, ReferenceRow, StrategyMasker, evaluate_segmentation, read_parti_csv,
-    segment,
+    LocalComposer, Prf, ReferenceRow, evaluate_segmentation, read_parti_csv, segment,
 };
-use stylus_core::{AdapterId, MaskStrategy, RetrievalFilter, Stylus, StylusConfig, StylusError};
+use stylus_core::{AdapterId, MaskStrategy, RetrievalFilter, StylusConfig, StylusError};
 use stylus_retriever::{LexicalConfig, LexicalIndex};
 
 use super::SelectionArgs;
@@ -92,19 +91,17 @@ const DETAIL_CANDIDATES: usize = 30;
 pub fn run(args: &SelectionArgs, config: &StylusConfig) -> Result<(), StylusError> {
     let started = Instant::now();
     let rows = read_parti_csv(&args.parti)?;
-    let catalog = crate::commands::catalog::open(Some(&args.index), config, false)?;
+    let catalog = stylus::catalog::open(Some(&args.index), config, false)?;
     let docs = catalog.whole_docs()?;
     let ids: HashSet<u64> = docs.iter().filter_map(|d| civitai_id(d.id())).collect();
+    // Our own handle on the local composer: `--details` asks it to explain its choices.
     let composer = Arc::new(
         LocalComposer::new(config.composer.clone()).with_embedder(catalog.embedder.clone()),
     );
-    let stylus = Stylus::builder()
-        .config(config.clone())
-        .embedder(catalog.embedder.clone())
-        .retriever(catalog.retriever)
-        .composer(composer.clone())
-        .masker(Arc::new(StrategyMasker::new(MaskStrategy::All)))
-        .build()?;
+    let stylus = stylus::Stylus::options()
+        .mask_strategy(MaskStrategy::All)
+        .custom_composer(composer.clone())
+        .open(catalog, config)?;
     let baseline = LexicalIndex::build(
         docs,
         LexicalConfig {

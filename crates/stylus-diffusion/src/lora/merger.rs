@@ -49,6 +49,8 @@ pub struct ActiveModels<B: Backend> {
 struct MergerState<B: Backend> {
     base: ActiveModels<B>,
     active: ActiveModels<B>,
+    /// The adapter set `active` holds (empty: the base).
+    active_set: Vec<AdapterStrength>,
     /// Parsed adapters by path: switching masks re-merges, it does not re-read files.
     parsed: HashMap<PathBuf, Arc<LoraAdapter>>,
 }
@@ -83,6 +85,7 @@ impl<B: Backend> LoraMerger<B> {
             options: ParseOptions::default(),
             state: Mutex::new(MergerState {
                 active: base.clone(),
+                active_set: Vec::new(),
                 base,
                 parsed: HashMap::new(),
             }),
@@ -127,14 +130,34 @@ impl<B: Backend> LoraMerger<B> {
         Ok(adapter)
     }
 
+    /// The models with `adapters` merged in, for one render job: the caller owns them (cheap
+    /// clones sharing storage with the base), so a later merge for another job cannot change
+    /// what this job renders with. The set also becomes the active one (the last set is reused
+    /// without merging when the next job asks for it again).
+    pub fn models_for(&self, adapters: &[AdapterStrength]) -> Result<ActiveModels<B>> {
+        let mut state = self.lock();
+        if state.active_set.as_slice() != adapters {
+            self.merge_locked(&mut state, adapters)?;
+        }
+        Ok(state.active.clone())
+    }
+
     /// Makes `adapters` the active set, replacing the previous one. On error the previous set
     /// stays active.
     pub fn merge(&self, adapters: &[AdapterStrength]) -> Result<MergeReport> {
-        let started = Instant::now();
         let mut state = self.lock();
+        self.merge_locked(&mut state, adapters)
+    }
+
+    fn merge_locked(
+        &self,
+        state: &mut MergerState<B>,
+        adapters: &[AdapterStrength],
+    ) -> Result<MergeReport> {
+        let started = Instant::now();
         let parsed: Vec<Arc<LoraAdapter>> = adapters
             .iter()
-            .map(|a| self.parsed(&mut state, &a.path))
+            .map(|a| self.parsed(state, &a.path))
             .collect::<Result<_>>()?;
         let scaled: Vec<ScaledAdapter<'_>> = parsed
             .iter()
@@ -182,6 +205,7 @@ impl<B: Backend> LoraMerger<B> {
             });
         }
         state.active = ActiveModels { text_encoder, unet };
+        state.active_set = adapters.to_vec();
 
         Ok(MergeReport {
             adapters: parsed
@@ -202,16 +226,20 @@ impl<B: Backend> LoraMerger<B> {
 impl<B: Backend> Merger for LoraMerger<B> {
     /// Each adapter's weight is its strength on both the UNet and the text encoder.
     fn set_adapters(&self, adapters: &[ResolvedAdapter]) -> Result<MergeReport> {
-        let strengths: Vec<AdapterStrength> = adapters
-            .iter()
-            .map(|a| AdapterStrength {
-                path: a.path.clone(),
-                unet: a.adapter.weight,
-                text_encoder: a.adapter.weight,
-            })
-            .collect();
-        self.merge(&strengths)
+        self.merge(&strengths(adapters))
     }
+}
+
+/// Resolved adapters as strengths: each adapter's weight on both the UNet and the text encoder.
+pub fn strengths(adapters: &[ResolvedAdapter]) -> Vec<AdapterStrength> {
+    adapters
+        .iter()
+        .map(|a| AdapterStrength {
+            path: a.path.clone(),
+            unet: a.adapter.weight,
+            text_encoder: a.adapter.weight,
+        })
+        .collect()
 }
 
 /// Forces lazy parameters to their values.

@@ -1,5 +1,5 @@
-//! The catalog the selecting subcommands search (`retrieve`, `select`, `generate`): a StylusDocs
-//! store or the bundled default catalog, with its embedder and the retriever the config asks for.
+//! The catalog a pipeline searches: a StylusDocs store or the bundled default catalog, with its
+//! embedder and the search index the config asks for (what `stylus select --index DIR` opens).
 //!
 //! The dense half: lexical vectors (mostly zeros) go to the sparse inverted index, which is exact
 //! and much faster than a graph at 4096 dims; dense vectors to the store's HNSW index when it has
@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use stylus_core::{
     AdapterDoc, AdapterId, Candidate, Embedder, ExplainedCandidate, Query, RetrievalFilter,
-    Retriever, StylusConfig, StylusError,
+    SearchIndex, StylusConfig, StylusError,
 };
+#[cfg(feature = "bert")]
 use stylus_refiner::bert::{BertEmbedder, default_minilm_dir, same_embedder};
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
 use stylus_refiner::store::{DocLines, StoreLock, StoreVectors, StylusDocs};
@@ -25,11 +26,13 @@ use stylus_retriever::{
     hybrid,
 };
 
-/// An embedder, the retriever over the vectors it made, and the documents it searches.
-pub(crate) struct Catalog {
+/// An embedder, the search index over the vectors it made (fused with BM25 as
+/// `retriever.mode` asks), and the documents it searches.
+#[derive(Clone)]
+pub struct Catalog {
     pub embedder: Arc<dyn Embedder>,
     /// Its candidates are whole documents.
-    pub retriever: Arc<dyn Retriever>,
+    pub index: Arc<dyn SearchIndex>,
     /// The documents searched; from a store, without their long texts (see
     /// [`Catalog::whole_docs`]).
     pub docs: Vec<Arc<AdapterDoc>>,
@@ -39,7 +42,38 @@ pub(crate) struct Catalog {
     pub open_ms: f64,
 }
 
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("embedder", &self.embedder.id())
+            .field("documents", &self.docs.len())
+            .field("open_ms", &self.open_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Catalog {
+    /// A catalog from parts built in memory (benchmarks, tests, an application's own
+    /// documents): `dense` searches `docs` with `embedder`'s vectors (`lexical`: hashed TF-IDF
+    /// ones), wrapped as the config's `retriever.mode` asks.
+    pub fn from_parts(
+        embedder: Arc<dyn Embedder>,
+        dense: Arc<dyn SearchIndex>,
+        docs: Vec<Arc<AdapterDoc>>,
+        lexical: bool,
+        config: &StylusConfig,
+    ) -> Self {
+        let started = std::time::Instant::now();
+        let index = hybrid::with_mode(config.retriever.mode, dense, docs.clone(), lexical);
+        Self {
+            embedder,
+            index,
+            docs,
+            lines: None,
+            open_ms: started.elapsed().as_secs_f64() * 1e3,
+        }
+    }
+
     /// Every document, whole.
     pub fn whole_docs(&self) -> Result<Vec<Arc<AdapterDoc>>, StylusError> {
         match &self.lines {
@@ -51,7 +85,7 @@ impl Catalog {
 
 /// Opens the store at `index` (the bundled catalog when `None`). With `build_hnsw`, a dense
 /// store's HNSW index is built, saved into the store (covered by its manifest) and used.
-pub(crate) fn open(
+pub fn open(
     index: Option<&Path>,
     config: &StylusConfig,
     build_hnsw: bool,
@@ -74,7 +108,7 @@ pub(crate) fn open(
             (
                 embedder,
                 docs,
-                Arc::new(dense) as Arc<dyn Retriever>,
+                Arc::new(dense) as Arc<dyn SearchIndex>,
                 true,
                 None,
                 None,
@@ -102,7 +136,7 @@ pub(crate) fn open(
             Ok(index)
         }
     })?;
-    let retriever: Arc<dyn Retriever> = match &lines {
+    let retriever: Arc<dyn SearchIndex> = match &lines {
         Some(lines) => Arc::new(WholeDocs::new(retriever, Arc::clone(lines), &docs)),
         None => retriever,
     };
@@ -115,7 +149,7 @@ pub(crate) fn open(
     );
     Ok(Catalog {
         embedder,
-        retriever,
+        index: retriever,
         docs,
         lines,
         open_ms,
@@ -128,7 +162,7 @@ pub(crate) fn open(
 type Opened = (
     Arc<dyn Embedder>,
     Vec<Arc<AdapterDoc>>,
-    Arc<dyn Retriever>,
+    Arc<dyn SearchIndex>,
     bool,
     Option<Bm25Postings>,
     Option<Arc<DocLines>>,
@@ -171,7 +205,7 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     };
     let vectors = VectorMatrix::new(dim, vectors)?;
     let hnsw = config.retriever.hnsw;
-    let dense: Arc<dyn Retriever> = if build_hnsw {
+    let dense: Arc<dyn SearchIndex> = if build_hnsw {
         let index = HnswRetriever::build(docs.clone(), vectors, embedder_id, hnsw)?;
         save_into_store(&index, dir)?;
         Arc::new(index)
@@ -188,13 +222,13 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
 /// A retriever over light documents whose candidates come out whole (parsed from the store's
 /// lines when first returned).
 struct WholeDocs {
-    inner: Arc<dyn Retriever>,
+    inner: Arc<dyn SearchIndex>,
     lines: Arc<DocLines>,
     positions: HashMap<AdapterId, usize>,
 }
 
 impl WholeDocs {
-    fn new(inner: Arc<dyn Retriever>, lines: Arc<DocLines>, docs: &[Arc<AdapterDoc>]) -> Self {
+    fn new(inner: Arc<dyn SearchIndex>, lines: Arc<DocLines>, docs: &[Arc<AdapterDoc>]) -> Self {
         let positions = docs
             .iter()
             .enumerate()
@@ -219,7 +253,7 @@ impl WholeDocs {
     }
 }
 
-impl Retriever for WholeDocs {
+impl SearchIndex for WholeDocs {
     fn dim(&self) -> usize {
         self.inner.dim()
     }
@@ -325,12 +359,13 @@ fn saved_postings(
     Ok(Some(postings))
 }
 
-/// The embedder a store was built with: the lexical one from its IDF table, else the MiniLM
-/// model (`$STYLUS_MINILM_DIR`) when its id is the store's.
-pub(crate) fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, StylusError> {
+/// The embedder a store was built with: the lexical one from its IDF table, else (feature `bert`)
+/// the MiniLM model (`$STYLUS_MINILM_DIR`) when its id is the store's.
+pub fn store_embedder(store: &StylusDocs) -> Result<Arc<dyn Embedder>, StylusError> {
     if store.manifest().files.contains_key(IDF_FILE) {
         return Ok(Arc::new(LexicalEmbedder::from_store(store)?));
     }
+    #[cfg(feature = "bert")]
     if store.embedder_id().starts_with("bert:") {
         // The id names the model, not its folder: any copy of it will do.
         let mut tried = Vec::new();

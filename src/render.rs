@@ -1,0 +1,139 @@
+//! Rendering: an SD 1.5 checkpoint loaded on a device, as the pipeline's [`Sampler`] (merge and
+//! sample as one job; see `stylus_diffusion::sampler::SdSampler`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use stylus_core::{Result, Sampler, StylusError};
+use stylus_diffusion::StableDiffusion;
+use stylus_diffusion::clip_tokenizer::ClipTokenizer;
+use stylus_diffusion::lora::LoraMerger;
+use stylus_diffusion::sampler::{ProgressFn, SdSampler, vae_scale_factor};
+
+/// The compute device. GPU ones need the matching cargo feature (`cuda`, `wgpu`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl Device {
+    /// `Ok` when this build has the device's backend; checked before any model loads.
+    pub fn check(self) -> Result<()> {
+        match self {
+            Self::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda => Ok(()),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Ok(()),
+            #[allow(unreachable_patterns)]
+            other => Err(StylusError::Device(format!(
+                "this build has no `{}` support; rebuild with `--features {}`",
+                other.name(),
+                other.name()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// A loaded checkpoint as a sampler, and what callers need to know about its latents.
+#[derive(Clone)]
+pub struct LoadedSampler {
+    pub sampler: Arc<dyn Sampler>,
+    /// Latent channels of the VAE (4 for SD 1.x).
+    pub latent_channels: usize,
+    /// Pixels per latent per side (8 for SD 1.x).
+    pub vae_factor: usize,
+}
+
+impl std::fmt::Debug for LoadedSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSampler")
+            .field("latent_channels", &self.latent_channels)
+            .field("vae_factor", &self.vae_factor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads `checkpoint` (a diffusers folder or a single-file `.safetensors`) in f32 on `device`
+/// with its CLIP tokenizer, and returns a sampler that merges each job's LoRAs for that job
+/// alone. `progress` is called after every model evaluation.
+pub fn load_sampler(
+    checkpoint: &Path,
+    device: Device,
+    progress: Option<ProgressFn>,
+) -> Result<LoadedSampler> {
+    device.check()?;
+    match device {
+        Device::Cpu => load::<stylus_diffusion::backend::CpuBackend>(
+            checkpoint,
+            stylus_diffusion::backend::cpu_device(),
+            progress,
+        ),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => load::<stylus_diffusion::backend::CudaBackend>(
+            checkpoint,
+            stylus_diffusion::backend::cuda_device(0)?,
+            progress,
+        ),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu => load::<stylus_diffusion::backend::WgpuBackend>(
+            checkpoint,
+            stylus_diffusion::backend::wgpu_device()?,
+            progress,
+        ),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("Device::check refused it"),
+    }
+}
+
+fn load<B: Backend>(
+    checkpoint: &Path,
+    device: B::Device,
+    progress: Option<ProgressFn>,
+) -> Result<LoadedSampler> {
+    let (model, _report) = StableDiffusion::<B>::load(checkpoint, &device, DType::F32)?;
+    let vae_factor = vae_scale_factor(&model);
+    let latent_channels = model.config.vae.latent_channels;
+    let tokenizer = ClipTokenizer::for_checkpoint(Some(checkpoint).filter(|path| path.is_dir()))?;
+    let merger = Arc::new(LoraMerger::new(
+        model.unet.clone(),
+        &model.config.unet,
+        model.text_encoder.clone(),
+        &device,
+    ));
+    let mut sampler =
+        SdSampler::new(Arc::new(Mutex::new(model)), tokenizer, device).with_merger(merger);
+    if let Some(progress) = progress {
+        sampler = sampler.with_progress(progress);
+    }
+    Ok(LoadedSampler {
+        sampler: Arc::new(sampler),
+        latent_channels,
+        vae_factor,
+    })
+}
