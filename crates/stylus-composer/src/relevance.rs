@@ -167,6 +167,6 @@ mod tests {
         assert!(named.relevance() > base.relevance());
         assert!(tagged.relevance() > base.relevance());
         assert!(character.relevance() < base.relevance());
-        assert!(DEFAULT_MIN_RELEVANCE_NEXT > DEFAULT_MIN_RELEVANCE_FIRST);
+        const { assert!(DEFAULT_MIN_RELEVANCE_NEXT > DEFAULT_MIN_RELEVANCE_FIRST) };
     }
 }
