@@ -38,7 +38,10 @@ fn skip_reason(command: &str) -> Option<&'static str> {
         Some("the test suite itself")
     } else if command.contains(" generate ") || command.contains(" merge ") {
         Some("needs an SD 1.5 checkpoint (GPU-sized)")
-    } else if command.contains("--refiner vlm") || command.contains("--embedder openai") {
+    } else if command.contains("--refiner vlm")
+        || command.contains("--embedder openai")
+        || command.contains("stylus fetch")
+    {
         Some("needs a network service")
     } else {
         None

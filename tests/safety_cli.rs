@@ -917,3 +917,36 @@ fn a_missing_embedding_model_is_explained_before_any_work() {
     );
     assert_eq!(snapshot(&store), before);
 }
+
+/// A plan that selects no adapter ("no adapter" is a normal answer) is nothing to fetch, not an
+/// error; a fetch with neither a plan nor ids still is one.
+#[test]
+fn fetch_of_a_plan_without_adapters_succeeds_and_touches_no_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let select = stylus(&["select", "--json", "a castle on a hill"]);
+    assert!(select.status.success(), "{}", stderr(&select));
+    // Whatever the bundled catalog picks, a plan with its adapters removed selects nothing.
+    let mut value: serde_json::Value = serde_json::from_slice(&select.stdout).unwrap();
+    for topic in value["topics"].as_array_mut().unwrap() {
+        topic["adapters"] = serde_json::json!([]);
+    }
+    std::fs::write(&plan, value.to_string()).unwrap();
+    let cache = dir.path().join("cache");
+    let out = stylus(&[
+        "fetch",
+        "--offline",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to fetch"),
+        "{}",
+        stderr(&out)
+    );
+    let none = stylus(&["fetch", "--offline", "--cache-dir", cache.to_str().unwrap()]);
+    assert!(!none.status.success());
+}

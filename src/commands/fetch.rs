@@ -78,6 +78,11 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     for spec in &args.specs {
         requests.push(parse_spec(spec)?);
     }
+    if requests.is_empty() && args.plan.is_some() && args.specs.is_empty() {
+        // A plan may select no adapter ("no adapter" is a normal answer): nothing to do.
+        eprintln!("the plan selects no adapters: nothing to fetch");
+        return Ok(());
+    }
     if requests.is_empty() {
         return Err(StylusError::InvalidArgument(
             "nothing to fetch: give --plan FILE (from `stylus select --json`) or URLs / \
