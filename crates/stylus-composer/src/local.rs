@@ -1005,6 +1005,19 @@ mod tests {
         compose_with(rules(), prompt, candidates)
     }
 
+    /// A test card's Civitai id (0 for a local file).
+    fn civitai_id(doc: &AdapterDoc) -> u64 {
+        match doc.card.id {
+            AdapterId::Civitai(id) => id,
+            AdapterId::Local(_) => 0,
+        }
+    }
+
+    /// The Civitai ids of candidates, in order.
+    fn ids(candidates: Vec<Candidate>) -> Vec<u64> {
+        candidates.iter().map(|c| civitai_id(&c.doc)).collect()
+    }
+
     fn compose_with(
         config: ComposerConfig,
         prompt: &str,
@@ -1017,14 +1030,7 @@ mod tests {
             .topics
             .into_iter()
             .map(|t| {
-                let ids = t
-                    .adapters
-                    .iter()
-                    .map(|d| match d.card.id {
-                        AdapterId::Civitai(id) => id,
-                        AdapterId::Local(_) => 0,
-                    })
-                    .collect();
+                let ids = t.adapters.iter().map(|d| civitai_id(d)).collect();
                 (t.topic.text, ids)
             })
             .collect()
@@ -1465,14 +1471,6 @@ mod tests {
             candidate(4, "Butterfly", &["insect"], Category::Animal),
         ];
         let composer = LocalComposer::new(rules());
-        let ids = |c: Vec<Candidate>| -> Vec<u64> {
-            c.iter()
-                .map(|c| match c.doc.card.id {
-                    AdapterId::Civitai(id) => id,
-                    AdapterId::Local(_) => 0,
-                })
-                .collect()
-        };
         assert_eq!(
             ids(composer.rerank("a man with a butterfly", candidates.clone())),
             vec![4, 2, 3, 1]
@@ -1494,14 +1492,6 @@ mod tests {
             candidate(3, "Cat", &["cat"], Category::Animal),
         ];
         let composer = LocalComposer::new(rules());
-        let ids = |c: Vec<Candidate>| -> Vec<u64> {
-            c.iter()
-                .map(|c| match c.doc.card.id {
-                    AdapterId::Civitai(id) => id,
-                    AdapterId::Local(_) => 0,
-                })
-                .collect()
-        };
         assert_eq!(
             ids(composer.rerank("SteamPunkAI coffee", candidates.clone())),
             vec![1, 2, 3]
