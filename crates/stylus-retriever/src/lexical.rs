@@ -530,21 +530,7 @@ mod tests {
 
     #[test]
     fn title_and_tag_matches_outrank_description_mentions() {
-        let docs = vec![
-            doc(
-                1,
-                "Watercolor style",
-                &["style", "painting"],
-                "soft paper texture",
-            ),
-            doc(
-                2,
-                "Cyberpunk city",
-                &["city"],
-                "neon streets, a watercolor touch",
-            ),
-            doc(3, "Cute cats", &["animal", "cat"], "fluffy"),
-        ];
+        let docs = sample_docs()[..3].to_vec();
         let index = LexicalIndex::build(docs, LexicalConfig::default());
         let all = RetrievalFilter {
             allow_nsfw: true,
