@@ -20,11 +20,12 @@ use reqwest::StatusCode;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER,
 };
+use stylus_core::blocking::run_cpu;
 use stylus_core::{AdapterId, NetworkConfig, WeightedAdapter};
 use tokio::io::AsyncWriteExt;
 
 use crate::FetchError;
-use crate::cache::{AdapterCache, CacheEntry, Pin, is_sha256, sha256_file};
+use crate::cache::{AdapterCache, CacheEntry, Pin, is_sha256};
 
 /// Default size cap of one adapter file: 2 GB (SD 1.5 LoRAs are 10-300 MB; full fine-tunes are
 /// not adapters).
@@ -292,7 +293,8 @@ impl Fetcher {
 
     /// Fetches one file: from the cache when it is there, else from the network.
     pub async fn fetch(&self, request: &FetchRequest) -> Result<Fetched, FetchError> {
-        if let Some(found) = self.cached(request)? {
+        // The cache's index and pins are small files: read in place, off the runtime's workers.
+        if let Some(found) = run_cpu(|| self.cached(request))? {
             return Ok(found);
         }
         if self.config.offline {
@@ -311,7 +313,7 @@ impl Fetcher {
         let lock_path = tmp.join(format!("{key}.lock"));
         let lock = self.lock(&lock_path).await?;
         // Another process may have finished it while we waited.
-        if let Some(found) = self.cached(request)? {
+        if let Some(found) = run_cpu(|| self.cached(request))? {
             return Ok(found);
         }
         let part = tmp.join(format!("{key}.part"));
@@ -700,7 +702,9 @@ impl Fetcher {
                     cap,
                 });
             }
-            let actual = sha256_file(&part)?;
+            // Read once (the size cap bounds it): hashed, sniffed and parsed from memory.
+            let bytes = std::fs::read(&part).map_err(|e| FetchError::io(&part, e))?;
+            let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             if let Some(expected) = expected
                 && expected != actual
             {
@@ -710,7 +714,6 @@ impl Fetcher {
                     actual,
                 });
             }
-            let bytes = std::fs::read(&part).map_err(|e| FetchError::io(&part, e))?;
             if let Some(error) = sniff(&bytes, &label, &url, &file_name) {
                 return Err(error);
             }
