@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use stylus_core::blocking::run_cpu;
 use stylus_core::{
     AdapterDoc, AdapterId, Candidate, Category, Composer, ComposerConfig, Composition, Embedder,
     Result, StylusError, Topic, TopicAdapters,
@@ -474,7 +475,10 @@ impl Composer for LocalComposer {
             Some(semantics) => Some(semantics.similarity(&segments, candidates).await?),
             None => None,
         };
-        Ok(self.assign(prompt, segments, candidates, similarity.as_ref()))
+        // Milliseconds of word matching for 150 candidates: off the runtime's other tasks.
+        Ok(run_cpu(|| {
+            self.assign(prompt, segments, candidates, similarity.as_ref())
+        }))
     }
 
     /// No topic queries for a tag list: its tags are already its topics' words, and fusing

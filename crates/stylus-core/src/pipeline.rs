@@ -96,7 +96,10 @@ impl Stylus {
             .retrieve(Query::new(prompt, &vectors[0]), config.top_k, &self.filter)
             .await?;
         if topics.is_empty() {
-            return Ok((self.composer.rerank(prompt, whole), embed_ms));
+            return Ok((
+                crate::blocking::run_cpu(|| self.composer.rerank(prompt, whole)),
+                embed_ms,
+            ));
         }
         let queries: Vec<Query<'_>> = topics
             .iter()
@@ -126,7 +129,10 @@ impl Stylus {
         for c in &mut fused {
             c.score = scores.get(c.doc.id()).copied().unwrap_or(0.0);
         }
-        Ok((self.composer.rerank(prompt, fused), embed_ms))
+        Ok((
+            crate::blocking::run_cpu(|| self.composer.rerank(prompt, fused)),
+            embed_ms,
+        ))
     }
 
     /// Selects adapters for `prompt` and lists every mask of the configured strategy.
