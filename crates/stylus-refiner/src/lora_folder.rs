@@ -259,8 +259,9 @@ fn cross_attention_width(
                 cols(&format!("{module}.lokr_w1")).or_else(|| cols(&format!("{module}.lokr_w1_b")));
             let w2 =
                 cols(&format!("{module}.lokr_w2")).or_else(|| cols(&format!("{module}.lokr_w2_b")));
+            // Header shapes are untrusted: a product that overflows names no model.
             if let (Some(a), Some(b)) = (w1, w2) {
-                return Some(a * b);
+                return a.checked_mul(b);
             }
         }
     }

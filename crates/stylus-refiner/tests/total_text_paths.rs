@@ -318,3 +318,29 @@ fn html_scanner_is_linear_on_pathological_markup() {
         check_html(&html).unwrap();
     }
 }
+
+/// Found by the property above on CI: LoKr factor widths come from the header and their product
+/// overflowed `usize`.
+#[test]
+fn lokr_factor_widths_that_overflow_name_no_base_model() {
+    let huge = 1usize << (usize::BITS / 2 + 1);
+    let tensors = ["lokr_w1", "lokr_w2"]
+        .into_iter()
+        .map(|factor| {
+            let info = stylus_refiner::lora_folder::TensorInfo {
+                dtype: "F16".into(),
+                shape: vec![2, huge],
+            };
+            (
+                format!(
+                    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.{factor}"
+                ),
+                info,
+            )
+        })
+        .collect();
+    assert_eq!(
+        stylus_refiner::lora_folder::base_model_from_tensors(&tensors),
+        None
+    );
+}
