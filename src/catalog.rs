@@ -22,8 +22,8 @@ use stylus_refiner::store::{DocLines, StoreLock, StoreVectors, StylusDocs};
 use stylus_retriever::lexical::{BM25_FILE, BM25_FORMAT_VERSION, Bm25Postings};
 use stylus_retriever::persist::MANIFEST;
 use stylus_retriever::{
-    ExactRetriever, HnswRetriever, LexicalConfig, LexicalIndex, SparseRetriever, VectorMatrix,
-    hybrid,
+    ExactRetriever, HnswRetriever, LazyIndex, LexicalConfig, LexicalIndex, SparseRetriever,
+    VectorMatrix, hybrid,
 };
 
 /// An embedder, the search index over the vectors it made (fused with BM25 as
@@ -188,18 +188,26 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
     let (docs, vectors) = store.into_parts();
     let docs: Vec<Arc<AdapterDoc>> = docs.into_iter().map(Arc::new).collect();
     if lexical && !build_hnsw {
-        let sparse = match &vectors {
-            StoreVectors::Sparse {
-                indptr,
-                indices,
-                values,
-            } => SparseRetriever::from_csr(docs.clone(), dim, indptr, indices, values)?,
-            StoreVectors::Dense(dense) => SparseRetriever::new(docs.clone(), dim, dense)?,
-        };
+        // BM25 answers most searches of a lexical store alone: the vectors are read, checked
+        // and indexed by the first search that needs them.
+        let sparse = LazyIndex::new(dim, count, dir, {
+            let docs = docs.clone();
+            move || {
+                let sparse = match vectors.load()? {
+                    StoreVectors::Sparse {
+                        indptr,
+                        indices,
+                        values,
+                    } => SparseRetriever::from_csr(docs, dim, &indptr, &indices, &values)?,
+                    StoreVectors::Dense(dense) => SparseRetriever::new(docs, dim, &dense)?,
+                };
+                Ok(Arc::new(sparse) as Arc<dyn SearchIndex>)
+            }
+        });
         log_open(dir, read_ms, bm25_ms, started);
         return Ok((embedder, docs, Arc::new(sparse), true, bm25, lines));
     }
-    let vectors = match vectors {
+    let vectors = match vectors.load()? {
         StoreVectors::Dense(dense) => dense,
         sparse => sparse.to_dense(count, dim),
     };

@@ -64,7 +64,15 @@ fn index_writes_a_verified_store_and_a_json_summary() {
     // A query with a card's own embedding text finds that card first.
     let doc = &store.docs()[10];
     let query = embedder.embed_text(&doc.embedding_text);
-    let score = |i: usize| -> f32 { store.vector(i).iter().zip(&query).map(|(x, y)| x * y).sum() };
+    let score = |i: usize| -> f32 {
+        store
+            .vector(i)
+            .unwrap()
+            .iter()
+            .zip(&query)
+            .map(|(x, y)| x * y)
+            .sum()
+    };
     let best = (0..store.len())
         .max_by(|&a, &b| score(a).total_cmp(&score(b)))
         .unwrap();

@@ -17,7 +17,9 @@ use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
-use stylus_refiner::store::{ExtraFile, MANIFEST_FILE, NewStore, StoreLock, StylusDocs};
+use stylus_refiner::store::{
+    ExtraFile, LIGHT_DOCS_FILE, MANIFEST_FILE, NewStore, StoreLock, StylusDocs,
+};
 use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
 use stylus_retriever::LexicalConfig;
 use stylus_retriever::lexical::{BM25_FILE, Bm25Postings};
@@ -227,6 +229,8 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             && p.dim() == dim
             && p.docs() == docs.as_slice()
             && same_extra_files(p, &extra_files)
+            // Stores written before the light documents existed are written once more.
+            && p.manifest().files.contains_key(LIGHT_DOCS_FILE)
     });
     drop(previous);
     if unchanged {

@@ -108,7 +108,7 @@ pub async fn embed_docs(
         });
         match (old, previous) {
             (Some(j), Some(p)) => {
-                vectors[i * dim..(i + 1) * dim].copy_from_slice(&p.vector(j));
+                vectors[i * dim..(i + 1) * dim].copy_from_slice(&p.vector(j)?);
                 counts.vectors_reused += 1;
             }
             _ => pending.push(i),
@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 6);
         assert_eq!(embedder.texts.load(Ordering::SeqCst), 5 + 2);
         // Reused vectors are the stored ones; new ones equal a fresh embedding.
-        assert_eq!(&vectors[..64], store.vector(0).as_ref());
+        assert_eq!(&vectors[..64], store.vector(0).unwrap().as_ref());
         let fresh = embedder.inner.embed_text(&docs[5].embedding_text);
         assert_eq!(&vectors[5 * 64..], fresh.as_slice());
 

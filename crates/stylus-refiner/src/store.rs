@@ -5,6 +5,8 @@
 //!   manifest.json        format + version, embedder id and dim, count, refiners,
 //!                        sha256, CRC-32 and size of every other file
 //!   docs.jsonl           one AdapterDoc per line, in vector order
+//!   docs.light.jsonl     per document, its short fields (what searching needs) and the byte
+//!                        range and CRC-32 of its line in docs.jsonl
 //!   vectors.safetensors  one f32 tensor `vectors` of shape [count, dim] (dense embedders), or
 //!   vectors.sparse.safetensors  the same rows in CSR form (mostly-zero vectors, like the lexical
 //!                        embedder's): `indptr` u64 [count + 1], `indices` u32 [nnz],
@@ -20,8 +22,15 @@
 //! speed; the sha256 for stores written without CRCs) and size, the line count of the docs, the
 //! tensor's shape; any failure is a [`StylusError::Store`] naming the file. The directory must be
 //! the same one before and after its files are read (else they are read again), so a reader never
-//! mixes files of two stores. [`StylusDocs::open_light`] parses only the documents' short fields
-//! for searching; whole documents come from [`DocLines`] on demand.
+//! mixes files of two stores.
+//!
+//! [`StylusDocs::open_light`] is the open for searching: it reads and checks the light
+//! documents (and the files the caller keeps), and only the size of docs.jsonl and of the
+//! vectors, whose files it holds open. A whole document is read from the held docs.jsonl when
+//! asked for ([`DocLines`]) and checked against its line's CRC-32; the vectors are read and
+//! checked against the manifest when first asked for ([`StylusDocs::vectors`]). Holding the files
+//! open keeps them those of the opened store even when a writer swaps the directory later.
+//! Stores written before `docs.light.jsonl` existed are opened light by scanning docs.jsonl.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -42,6 +51,8 @@ pub const FORMAT: &str = "stylus-docs";
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DOCS_FILE: &str = "docs.jsonl";
+/// The documents' short fields with the place and checksum of their lines in [`DOCS_FILE`].
+pub const LIGHT_DOCS_FILE: &str = "docs.light.jsonl";
 pub const VECTORS_FILE: &str = "vectors.safetensors";
 /// The tensor name inside [`VECTORS_FILE`].
 pub const VECTORS_TENSOR: &str = "vectors";
@@ -176,13 +187,16 @@ pub struct NewStore {
     pub extra_files: Vec<ExtraFile>,
 }
 
-/// An open, verified store: documents and vectors in memory.
+/// An open, verified store: documents and vectors in memory (after a light open: the vectors
+/// when first asked for).
 #[derive(Debug, Clone)]
 pub struct StylusDocs {
     dir: PathBuf,
     manifest: Manifest,
     docs: Vec<AdapterDoc>,
-    vectors: StoreVectors,
+    vectors: std::sync::OnceLock<StoreVectors>,
+    /// After a light open: the held vectors file, read by the first [`StylusDocs::vectors`].
+    vectors_file: Option<Arc<VectorsFile>>,
     by_id: HashMap<AdapterId, usize>,
     /// Bytes of the extra files the opener asked to keep ([`StylusDocs::open_keeping`]), as
     /// verified against the manifest.
@@ -218,14 +232,31 @@ impl StylusDocs {
         }
         for file in &extra_files {
             check_extra_name(dir, &file.name)?;
+            if is_docs_or_vectors(&file.name) {
+                return Err(StylusError::store(
+                    dir.join(&file.name),
+                    "an extra file cannot take the name of the documents or vectors",
+                ));
+            }
         }
 
         let mut docs_bytes = Vec::new();
+        let mut light_bytes = Vec::new();
         for doc in &docs {
+            let start = docs_bytes.len();
             serde_json::to_writer(&mut docs_bytes, doc).map_err(|e| {
                 StylusError::store(dir.join(DOCS_FILE), format!("doc {}: {e}", doc.id()))
             })?;
+            let line = LineRef {
+                start: start as u64,
+                end: docs_bytes.len() as u64,
+                crc32: crc32fast::hash(&docs_bytes[start..]),
+            };
             docs_bytes.push(b'\n');
+            serde_json::to_writer(&mut light_bytes, &LightDoc::of(doc, line)).map_err(|e| {
+                StylusError::store(dir.join(LIGHT_DOCS_FILE), format!("doc {}: {e}", doc.id()))
+            })?;
+            light_bytes.push(b'\n');
         }
         let nonzero = vectors.iter().filter(|v| **v != 0.0).count();
         let sparse =
@@ -246,6 +277,7 @@ impl StylusDocs {
 
         let mut files = vec![
             (DOCS_FILE.to_string(), docs_bytes),
+            (LIGHT_DOCS_FILE.to_string(), light_bytes),
             (vectors_file.to_string(), vectors_bytes),
         ];
         files.extend(extra_files.into_iter().map(|f| (f.name, f.bytes)));
@@ -275,7 +307,8 @@ impl StylusDocs {
             dir: dir.to_path_buf(),
             manifest,
             docs,
-            vectors,
+            vectors: vectors.into(),
+            vectors_file: None,
             by_id,
             kept: BTreeMap::new(),
             lines: None,
@@ -296,10 +329,11 @@ impl StylusDocs {
         Self::open_with(dir, keep, false)
     }
 
-    /// [`StylusDocs::open_keeping`] for searching: every document is parsed without its long
-    /// texts (both descriptions, the embedding text, sample prompts and images: empty here),
-    /// which is most of an open's time; [`StylusDocs::doc_lines`] gives the whole documents on
-    /// demand (the candidates of a query). Everything is verified as by a full open.
+    /// [`StylusDocs::open_keeping`] for searching: the documents come without their long texts
+    /// (both descriptions, the embedding text, sample prompts and images: empty here), from
+    /// docs.light.jsonl; [`StylusDocs::doc_lines`] gives the whole documents on demand (the
+    /// candidates of a query), each checked against its line's CRC-32, and the vectors are read
+    /// and checked when first asked for. The other files are checked as by a full open.
     pub fn open_light(dir: &Path, keep: &[&str]) -> Result<Self> {
         Self::open_with(dir, keep, true)
     }
@@ -368,17 +402,33 @@ impl StylusDocs {
                 format!("lists no {VECTORS_FILE} (nor {SPARSE_VECTORS_FILE})"),
             ));
         }
+        // Light opens of stores that have the light documents read neither docs.jsonl nor the
+        // vectors now: they hold both files open for later.
+        let deferred = light && manifest.files.contains_key(LIGHT_DOCS_FILE);
         let started = std::time::Instant::now();
         let mut docs_bytes = Vec::new();
+        let mut light_bytes = Vec::new();
         let mut vectors_bytes = Vec::new();
+        let mut held_docs = None;
+        let mut held_vectors = None;
         let mut kept = BTreeMap::new();
         for (name, entry) in &manifest.files {
             let path = dir.join(name);
+            if deferred && name == DOCS_FILE {
+                held_docs = Some(open_sized(&path, entry)?);
+                continue;
+            }
+            if deferred && name == vectors_name {
+                held_vectors = Some(open_sized(&path, entry)?);
+                continue;
+            }
             let mut extra = Vec::new();
             let buffer = if name == DOCS_FILE {
                 Some(&mut docs_bytes)
             } else if name == vectors_name {
                 Some(&mut vectors_bytes)
+            } else if deferred && name == LIGHT_DOCS_FILE {
+                Some(&mut light_bytes)
             } else if keep.contains(&name.as_str()) {
                 Some(&mut extra)
             } else {
@@ -392,37 +442,50 @@ impl StylusDocs {
         let verified = started.elapsed();
 
         let docs_path = dir.join(DOCS_FILE);
-        // Lines are parsed in parallel: JSON parsing is most of an open's time.
-        // (line number, byte offset, line) of every non-empty line.
-        let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
-        let mut offset = 0;
-        for (index, line) in docs_bytes.split(|&b| b == b'\n').enumerate() {
-            if !line.is_empty() {
-                lines.push((index, offset, line));
+        let (docs, doc_lines) = match held_docs {
+            Some(file) => {
+                let light_path = dir.join(LIGHT_DOCS_FILE);
+                let docs_len = manifest.files[DOCS_FILE].bytes;
+                let (docs, lines) = parse_light_docs(&light_path, &light_bytes, docs_len)?;
+                let doc_lines = DocLines {
+                    path: docs_path.clone(),
+                    spans: lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| (i, l.start as usize, l.end as usize))
+                        .collect(),
+                    full: (0..docs.len())
+                        .map(|_| std::sync::OnceLock::new())
+                        .collect(),
+                    source: LinesSource::File {
+                        file: std::sync::Mutex::new(file),
+                        crc32: lines.iter().map(|l| l.crc32).collect(),
+                        light_path,
+                    },
+                };
+                (docs, Some(doc_lines))
             }
-            offset += line.len() + 1;
-        }
-        let parse = |&(index, _, line): &(usize, usize, &[u8])| -> Result<AdapterDoc> {
-            let json_error = |e: serde_json::Error| StylusError::Json {
-                path: docs_path.clone(),
-                line: Some(index + 1),
-                message: e.to_string(),
-            };
-            if light {
-                serde_json::from_slice::<LightDoc>(line)
-                    .map(LightDoc::into_doc)
-                    .map_err(json_error)
-            } else {
-                serde_json::from_slice(line).map_err(json_error)
+            None => {
+                let docs = parse_docs(&docs_path, &docs_bytes, light)?;
+                let doc_lines = light.then(|| DocLines {
+                    path: docs_path.clone(),
+                    spans: docs.iter().map(|&(_, span, _)| span).collect(),
+                    full: (0..docs.len())
+                        .map(|_| std::sync::OnceLock::new())
+                        .collect(),
+                    source: LinesSource::Bytes(std::mem::take(&mut docs_bytes)),
+                });
+                (docs.into_iter().map(|(_, _, doc)| doc).collect(), doc_lines)
             }
         };
-        let docs: Vec<AdapterDoc> = {
-            use rayon::prelude::*;
-            lines.par_iter().map(parse).collect::<Result<_>>()?
+        let checked_path = if deferred {
+            dir.join(LIGHT_DOCS_FILE)
+        } else {
+            docs_path.clone()
         };
         if docs.len() != manifest.count {
             return Err(StylusError::store(
-                &docs_path,
+                &checked_path,
                 format!(
                     "{} documents, the manifest says {}",
                     docs.len(),
@@ -434,51 +497,31 @@ impl StylusDocs {
         for (i, doc) in docs.iter().enumerate() {
             if by_id.insert(doc.id().clone(), i).is_some() {
                 return Err(StylusError::store(
-                    &docs_path,
+                    &checked_path,
                     format!("adapter {} appears twice", doc.id()),
                 ));
             }
         }
 
-        let spans: Vec<(usize, usize, usize)> = lines
-            .iter()
-            .map(|&(index, start, line)| (index, start, start + line.len()))
-            .collect();
-        drop(lines);
-        let doc_lines = light.then(|| {
-            Arc::new(DocLines {
-                path: docs_path.clone(),
-                spans,
-                full: (0..docs.len())
-                    .map(|_| std::sync::OnceLock::new())
-                    .collect(),
-                bytes: std::mem::take(&mut docs_bytes),
-            })
-        });
-
         let parsed = started.elapsed();
-        let vectors_path = dir.join(vectors_name);
-        let vectors = if sparse {
-            read_sparse(
-                &vectors_path,
-                &vectors_bytes,
-                manifest.count,
-                manifest.embedder.dim,
-            )?
+        let vectors_file = VectorsFile {
+            path: dir.join(vectors_name),
+            file: std::sync::Mutex::new(held_vectors),
+            entry: manifest.files[vectors_name].clone(),
+            sparse,
+            count: manifest.count,
+            dim: manifest.embedder.dim,
+        };
+        let (vectors, vectors_file) = if deferred {
+            (std::sync::OnceLock::new(), Some(Arc::new(vectors_file)))
         } else {
-            let (shape, vectors) = read_f32_tensor(&vectors_path, &vectors_bytes, VECTORS_TENSOR)?;
-            let expected = [manifest.count, manifest.embedder.dim];
-            if shape != expected {
-                return Err(StylusError::store(
-                    &vectors_path,
-                    format!("tensor shape {shape:?}, the manifest says {expected:?}"),
-                ));
-            }
-            StoreVectors::Dense(vectors)
+            (vectors_file.parse(&vectors_bytes)?.into(), None)
         };
         tracing::debug!(
             store = %dir.display(),
             docs = manifest.count,
+            light = light,
+            deferred = deferred,
             verify_ms = verified.as_secs_f64() * 1e3,
             parse_docs_ms = (parsed - verified).as_secs_f64() * 1e3,
             vectors_ms = (started.elapsed() - parsed).as_secs_f64() * 1e3,
@@ -489,9 +532,10 @@ impl StylusDocs {
             manifest,
             docs,
             vectors,
+            vectors_file,
             by_id,
             kept,
-            lines: doc_lines,
+            lines: doc_lines.map(Arc::new),
         })
     }
 
@@ -503,7 +547,7 @@ impl StylusDocs {
         let mut manifest = read_manifest(dir)?;
         for (name, source) in sources {
             check_extra_name(dir, name)?;
-            if matches!(*name, DOCS_FILE | VECTORS_FILE | SPARSE_VECTORS_FILE) {
+            if is_docs_or_vectors(name) {
                 return Err(StylusError::store(
                     dir.join(name),
                     "docs and vectors are written with StylusDocs::write, not added",
@@ -571,14 +615,22 @@ impl StylusDocs {
         &self.docs
     }
 
-    /// All vectors, dense or sparse as stored.
-    pub fn vectors(&self) -> &StoreVectors {
-        &self.vectors
+    /// All vectors, dense or sparse as stored. After a light open, the first call reads and
+    /// checks the vectors file (an error names it).
+    pub fn vectors(&self) -> Result<&StoreVectors> {
+        if let Some(vectors) = self.vectors.get() {
+            return Ok(vectors);
+        }
+        let file = self.vectors_file.as_ref().ok_or_else(|| {
+            StylusError::store(&self.dir, "the store holds no vectors (internal error)")
+        })?;
+        let vectors = file.read()?;
+        Ok(self.vectors.get_or_init(|| vectors))
     }
 
     /// The vector of document `index` (`dim` values).
-    pub fn vector(&self, index: usize) -> std::borrow::Cow<'_, [f32]> {
-        self.vectors.row(index, self.dim())
+    pub fn vector(&self, index: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
+        Ok(self.vectors()?.row(index, self.dim()))
     }
 
     /// The position of an adapter's document.
@@ -618,9 +670,14 @@ impl StylusDocs {
         self.kept.remove(name)
     }
 
-    /// Splits the store into its documents and vectors.
-    pub fn into_parts(self) -> (Vec<AdapterDoc>, StoreVectors) {
-        (self.docs, self.vectors)
+    /// Splits the store into its documents and its vectors (read already, or when the loader
+    /// is run).
+    pub fn into_parts(self) -> (Vec<AdapterDoc>, VectorsLoader) {
+        let loader = VectorsLoader {
+            read: self.vectors.into_inner(),
+            file: self.vectors_file,
+        };
+        (self.docs, loader)
     }
 
     /// The stored document of `card` when it is still valid: same adapter id, same card content,
@@ -637,10 +694,23 @@ impl StylusDocs {
 #[derive(Debug)]
 pub struct DocLines {
     path: PathBuf,
-    bytes: Vec<u8>,
-    /// Per document: its line number (from 0) and its byte range in `bytes`.
+    source: LinesSource,
+    /// Per document: its line number (from 0) and its byte range in docs.jsonl.
     spans: Vec<(usize, usize, usize)>,
     full: Vec<std::sync::OnceLock<Arc<AdapterDoc>>>,
+}
+
+/// Where [`DocLines`] reads its lines from.
+#[derive(Debug)]
+enum LinesSource {
+    /// docs.jsonl read (and checked whole) at open.
+    Bytes(Vec<u8>),
+    /// docs.jsonl held open; each line is checked against its CRC-32 from docs.light.jsonl.
+    File {
+        file: std::sync::Mutex<std::fs::File>,
+        crc32: Vec<u32>,
+        light_path: PathBuf,
+    },
 }
 
 impl DocLines {
@@ -652,49 +722,297 @@ impl DocLines {
         self.spans.is_empty()
     }
 
-    /// Document `index` (in store order), whole. Its line was verified when the store was
-    /// opened, so an error here means a line the light parse accepted and the full one did not:
-    /// a JSON error naming the file and line.
+    /// Document `index` (in store order), whole. A line that does not match its CRC-32 (the
+    /// file changed in place since it was written) or does not parse is an error naming the
+    /// file and line.
     pub fn doc(&self, index: usize) -> Result<Arc<AdapterDoc>> {
-        let Some(&(line, start, end)) = self.spans.get(index) else {
-            return Err(StylusError::store(
-                &self.path,
-                format!("no document {index} (the store has {})", self.spans.len()),
-            ));
-        };
-        if let Some(doc) = self.full[index].get() {
+        if let Some(doc) = self.full.get(index).and_then(|d| d.get()) {
             return Ok(Arc::clone(doc));
         }
-        let doc: AdapterDoc =
-            serde_json::from_slice(&self.bytes[start..end]).map_err(|e| StylusError::Json {
-                path: self.path.clone(),
-                line: Some(line + 1),
-                message: e.to_string(),
-            })?;
-        Ok(Arc::clone(self.full[index].get_or_init(|| Arc::new(doc))))
+        let line = match &self.source {
+            LinesSource::Bytes(bytes) => {
+                let (_, start, end) = self.span(index)?;
+                std::borrow::Cow::Borrowed(&bytes[start..end])
+            }
+            LinesSource::File { file, .. } => {
+                let (_, start, end) = self.span(index)?;
+                let mut line = vec![0; end - start];
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                read_at(&mut file, start as u64, &mut line)
+                    .map_err(|e| StylusError::io(&self.path, e))?;
+                std::borrow::Cow::Owned(line)
+            }
+        };
+        self.parse_line(index, &line)
     }
 
-    /// Every document, whole (parsed in parallel).
+    /// Every document, whole (docs.jsonl read once, its lines parsed in parallel).
     pub fn all(&self) -> Result<Vec<Arc<AdapterDoc>>> {
         use rayon::prelude::*;
+        let bytes = match &self.source {
+            LinesSource::Bytes(bytes) => std::borrow::Cow::Borrowed(bytes),
+            LinesSource::File { file, .. } => {
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let len = self.spans.last().map_or(0, |&(_, _, end)| end);
+                let mut bytes = vec![0; len];
+                read_at(&mut file, 0, &mut bytes).map_err(|e| StylusError::io(&self.path, e))?;
+                std::borrow::Cow::Owned(bytes)
+            }
+        };
         (0..self.len())
             .into_par_iter()
-            .map(|i| self.doc(i))
+            .map(|i| match self.full[i].get() {
+                Some(doc) => Ok(Arc::clone(doc)),
+                None => {
+                    let (_, start, end) = self.spans[i];
+                    self.parse_line(i, &bytes[start..end])
+                }
+            })
             .collect()
+    }
+
+    fn span(&self, index: usize) -> Result<(usize, usize, usize)> {
+        self.spans.get(index).copied().ok_or_else(|| {
+            StylusError::store(
+                &self.path,
+                format!("no document {index} (the store has {})", self.spans.len()),
+            )
+        })
+    }
+
+    /// Checks (against the light documents' CRC-32, when read from the held file) and parses
+    /// the line of document `index`, and keeps the document.
+    fn parse_line(&self, index: usize, line: &[u8]) -> Result<Arc<AdapterDoc>> {
+        let (number, _, _) = self.span(index)?;
+        if let LinesSource::File {
+            crc32, light_path, ..
+        } = &self.source
+        {
+            let actual = crc32fast::hash(line);
+            if actual != crc32[index] {
+                return Err(StylusError::store(
+                    &self.path,
+                    format!(
+                        "line {}: crc32 {} does not match {}'s {} (the file changed since it \
+                         was written)",
+                        number + 1,
+                        crc32_hex(actual),
+                        light_path.display(),
+                        crc32_hex(crc32[index])
+                    ),
+                ));
+            }
+        }
+        let doc: AdapterDoc = serde_json::from_slice(line).map_err(|e| StylusError::Json {
+            path: self.path.clone(),
+            line: Some(number + 1),
+            message: e.to_string(),
+        })?;
+        Ok(Arc::clone(self.full[index].get_or_init(|| Arc::new(doc))))
     }
 }
 
-/// The short fields of an [`AdapterDoc`] line: what a light open parses (unknown fields, here
-/// the long texts, are skipped by serde without being copied).
-#[derive(Deserialize)]
+/// Reads `buffer.len()` bytes of `file` from `offset`.
+fn read_at(file: &mut std::fs::File, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    file.read_exact(buffer)
+}
+
+/// The vectors file of a store opened light: held open, read and checked when first needed.
+#[derive(Debug)]
+struct VectorsFile {
+    path: PathBuf,
+    /// `None` when the vectors were read at open.
+    file: std::sync::Mutex<Option<std::fs::File>>,
+    entry: FileEntry,
+    sparse: bool,
+    count: usize,
+    dim: usize,
+}
+
+impl VectorsFile {
+    /// Reads the held file whole, checks it against the manifest and parses it.
+    fn read(&self) -> Result<StoreVectors> {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let file = guard.as_mut().ok_or_else(|| {
+            StylusError::store(&self.path, "the vectors file is not held (internal error)")
+        })?;
+        let mut bytes = vec![0; self.entry.bytes as usize];
+        read_at(file, 0, &mut bytes).map_err(|e| StylusError::io(&self.path, e))?;
+        drop(guard);
+        check_bytes(&self.path, &self.entry, &bytes)?;
+        self.parse(&bytes)
+    }
+
+    /// Parses the (checked) bytes of the vectors file.
+    fn parse(&self, bytes: &[u8]) -> Result<StoreVectors> {
+        if self.sparse {
+            return read_sparse(&self.path, bytes, self.count, self.dim);
+        }
+        let (shape, vectors) = read_f32_tensor(&self.path, bytes, VECTORS_TENSOR)?;
+        let expected = [self.count, self.dim];
+        if shape != expected {
+            return Err(StylusError::store(
+                &self.path,
+                format!("tensor shape {shape:?}, the manifest says {expected:?}"),
+            ));
+        }
+        Ok(StoreVectors::Dense(vectors))
+    }
+}
+
+/// A store's vectors, split off by [`StylusDocs::into_parts`]: read already, or read and checked
+/// by [`VectorsLoader::load`] (after a light open), so a search that never needs them never
+/// reads them.
+#[derive(Debug)]
+pub struct VectorsLoader {
+    read: Option<StoreVectors>,
+    file: Option<Arc<VectorsFile>>,
+}
+
+impl VectorsLoader {
+    pub fn load(self) -> Result<StoreVectors> {
+        match (self.read, self.file) {
+            (Some(vectors), _) => Ok(vectors),
+            (None, Some(file)) => file.read(),
+            (None, None) => Err(StylusError::InvalidArgument(
+                "a store without vectors (internal error)".into(),
+            )),
+        }
+    }
+}
+
+/// Opens `path` for later reads after checking its size against the manifest.
+fn open_sized(path: &Path, entry: &FileEntry) -> Result<std::fs::File> {
+    let file = std::fs::File::open(path).map_err(|e| missing_or_io(path, e))?;
+    let len = file.metadata().map_err(|e| StylusError::io(path, e))?.len();
+    check_size(path, entry, len)?;
+    Ok(file)
+}
+
+/// The documents of docs.jsonl (whole, or light), each with its line number and byte span.
+fn parse_docs(
+    path: &Path,
+    bytes: &[u8],
+    light: bool,
+) -> Result<Vec<(usize, (usize, usize, usize), AdapterDoc)>> {
+    use rayon::prelude::*;
+    // (line number, byte offset, line) of every non-empty line.
+    let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
+    let mut offset = 0;
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if !line.is_empty() {
+            lines.push((index, offset, line));
+        }
+        offset += line.len() + 1;
+    }
+    // Lines are parsed in parallel: JSON parsing is most of an open's time.
+    lines
+        .par_iter()
+        .map(|&(index, start, line)| {
+            let json_error = |e: serde_json::Error| StylusError::Json {
+                path: path.to_path_buf(),
+                line: Some(index + 1),
+                message: e.to_string(),
+            };
+            let doc = if light {
+                serde_json::from_slice::<LightDoc>(line)
+                    .map(LightDoc::into_doc)
+                    .map_err(json_error)?
+            } else {
+                serde_json::from_slice(line).map_err(json_error)?
+            };
+            Ok((index, (index, start, start + line.len()), doc))
+        })
+        .collect()
+}
+
+/// The documents of docs.light.jsonl and where each one's line lies in docs.jsonl (of
+/// `docs_len` bytes): spans in order, inside the file, not overlapping.
+fn parse_light_docs(
+    path: &Path,
+    bytes: &[u8],
+    docs_len: u64,
+) -> Result<(Vec<AdapterDoc>, Vec<LineRef>)> {
+    use rayon::prelude::*;
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    let parsed: Vec<(AdapterDoc, LineRef)> = lines
+        .par_iter()
+        .map(|&(index, line)| {
+            let json_error = |message: String| StylusError::Json {
+                path: path.to_path_buf(),
+                line: Some(index + 1),
+                message,
+            };
+            let light: LightDoc =
+                serde_json::from_slice(line).map_err(|e| json_error(e.to_string()))?;
+            let line = light.line.ok_or_else(|| {
+                json_error("no `line` (the document's place in docs.jsonl)".into())
+            })?;
+            Ok((light.into_doc(), line))
+        })
+        .collect::<Result<_>>()?;
+    let mut previous_end = 0;
+    for (number, (_, line)) in parsed.iter().enumerate() {
+        if line.start < previous_end || line.start >= line.end || line.end > docs_len {
+            return Err(StylusError::store(
+                path,
+                format!(
+                    "document {}: line bytes {}..{} are out of order or outside {DOCS_FILE} \
+                     ({docs_len} bytes)",
+                    number + 1,
+                    line.start,
+                    line.end
+                ),
+            ));
+        }
+        previous_end = line.end;
+    }
+    Ok(parsed.into_iter().unzip())
+}
+
+/// The short fields of an [`AdapterDoc`]: a line of docs.light.jsonl, and what a light open of
+/// an older store parses from docs.jsonl (unknown fields, there the long texts, are skipped by
+/// serde without being copied).
+#[derive(Serialize, Deserialize)]
 struct LightDoc {
     card: LightCard,
     recommended_weight: f32,
     category: Category,
     refiner: String,
+    /// Where the whole document lies in docs.jsonl (docs.light.jsonl only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    line: Option<LineRef>,
 }
 
-#[derive(Deserialize)]
+/// The byte range `start..end` of a document's line in docs.jsonl (without its newline) and the
+/// line's CRC-32, written as `[start, end, crc32]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "(u64, u64, u32)", into = "(u64, u64, u32)")]
+struct LineRef {
+    start: u64,
+    end: u64,
+    crc32: u32,
+}
+
+impl From<(u64, u64, u32)> for LineRef {
+    fn from((start, end, crc32): (u64, u64, u32)) -> Self {
+        Self { start, end, crc32 }
+    }
+}
+
+impl From<LineRef> for (u64, u64, u32) {
+    fn from(line: LineRef) -> Self {
+        (line.start, line.end, line.crc32)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct LightCard {
     id: AdapterId,
     #[serde(default)]
@@ -722,6 +1040,31 @@ struct LightCard {
 }
 
 impl LightDoc {
+    fn of(doc: &AdapterDoc, line: LineRef) -> Self {
+        let c = &doc.card;
+        Self {
+            card: LightCard {
+                id: c.id.clone(),
+                version_id: c.version_id,
+                title: c.title.clone(),
+                alias: c.alias.clone(),
+                adapter_type: c.adapter_type.clone(),
+                base_model: c.base_model.clone(),
+                tags: c.tags.clone(),
+                trigger_words: c.trigger_words.clone(),
+                nsfw: c.nsfw,
+                poi: c.poi,
+                file: c.file.clone(),
+                stats: c.stats.clone(),
+                image_count: c.image_count,
+            },
+            recommended_weight: doc.recommended_weight,
+            category: doc.category,
+            refiner: doc.refiner.clone(),
+            line: Some(line),
+        }
+    }
+
     fn into_doc(self) -> AdapterDoc {
         let c = self.card;
         let mut card = AdapterCard::new(c.id, c.title, c.adapter_type);
@@ -1032,6 +1375,16 @@ pub fn read_f32_tensor(path: &Path, bytes: &[u8], name: &str) -> Result<(Vec<usi
     Ok((view.shape().to_vec(), values))
 }
 
+fn is_docs_or_vectors(name: &str) -> bool {
+    [
+        DOCS_FILE,
+        LIGHT_DOCS_FILE,
+        VECTORS_FILE,
+        SPARSE_VECTORS_FILE,
+    ]
+    .contains(&name)
+}
+
 fn check_extra_name(dir: &Path, name: &str) -> Result<()> {
     let plain = !name.is_empty()
         && name != "."
@@ -1102,33 +1455,42 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
 
 /// Checks a file's size and checksum; keeps its bytes in `keep` when given.
 fn verify_file(path: &Path, entry: &FileEntry, keep: Option<&mut Vec<u8>>) -> Result<()> {
-    let metadata = std::fs::metadata(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            StylusError::store(path, "missing (listed in the manifest)")
-        } else {
-            StylusError::io(path, e)
-        }
-    })?;
-    if metadata.len() != entry.bytes {
+    let metadata = std::fs::metadata(path).map_err(|e| missing_or_io(path, e))?;
+    check_size(path, entry, metadata.len())?;
+    let mut own = Vec::new();
+    let buffer = keep.unwrap_or(&mut own);
+    *buffer = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
+    check_bytes(path, entry, buffer)
+}
+
+fn missing_or_io(path: &Path, e: std::io::Error) -> StylusError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StylusError::store(path, "missing (listed in the manifest)")
+    } else {
+        StylusError::io(path, e)
+    }
+}
+
+fn check_size(path: &Path, entry: &FileEntry, len: u64) -> Result<()> {
+    if len != entry.bytes {
         return Err(StylusError::store(
             path,
             format!(
-                "{} bytes, the manifest says {} (truncated or replaced)",
-                metadata.len(),
+                "{len} bytes, the manifest says {} (truncated or replaced)",
                 entry.bytes
             ),
         ));
     }
-    let mut own = Vec::new();
-    let buffer = keep.unwrap_or(&mut own);
-    *buffer = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
+    Ok(())
+}
+
+/// Checks `bytes` (a file's whole content) against the manifest's CRC-32, or its sha256 for
+/// stores written without CRCs.
+fn check_bytes(path: &Path, entry: &FileEntry, bytes: &[u8]) -> Result<()> {
+    check_size(path, entry, bytes.len() as u64)?;
     let (kind, actual, expected) = match &entry.crc32 {
-        Some(crc) => ("crc32", crc32_hex(crc32_parallel(buffer)), crc),
-        None => (
-            "sha256",
-            hex::encode(Sha256::digest(buffer.as_slice())),
-            &entry.sha256,
-        ),
+        Some(crc) => ("crc32", crc32_hex(crc32_parallel(bytes)), crc),
+        None => ("sha256", hex::encode(Sha256::digest(bytes)), &entry.sha256),
     };
     if actual != *expected {
         return Err(StylusError::store(
@@ -1278,9 +1640,12 @@ mod tests {
         let written = StylusDocs::write(&dir, new_store(4)).unwrap();
         let opened = StylusDocs::open(&dir).unwrap();
         assert_eq!(opened.docs(), written.docs());
-        assert_eq!(opened.vectors(), written.vectors());
+        assert_eq!(opened.vectors().unwrap(), written.vectors().unwrap());
         assert_eq!(opened.manifest(), written.manifest());
-        assert_eq!(opened.vector(2).as_ref(), &[6.0 / 7.0, 1.0, 8.0 / 7.0]);
+        assert_eq!(
+            opened.vector(2).unwrap().as_ref(),
+            &[6.0 / 7.0, 1.0, 8.0 / 7.0]
+        );
         assert_eq!(opened.position(&AdapterId::Civitai(3)), Some(3));
         assert_eq!(opened.embedder_id(), "test-embedder");
         assert_eq!(opened.manifest().refiners, ["card"]);
@@ -1323,10 +1688,10 @@ mod tests {
         assert!(dir.join(SPARSE_VECTORS_FILE).is_file());
         assert!(!dir.join(VECTORS_FILE).exists());
         let opened = StylusDocs::open(&dir).unwrap();
-        assert_eq!(opened.vectors(), written.vectors());
-        assert_eq!(opened.vectors().to_dense(4, dim), dense);
-        assert_eq!(opened.vector(1).as_ref(), &vec![0.0; dim][..]);
-        assert_eq!(opened.vector(0)[49], -1.0);
+        assert_eq!(opened.vectors().unwrap(), written.vectors().unwrap());
+        assert_eq!(opened.vectors().unwrap().to_dense(4, dim), dense);
+        assert_eq!(opened.vector(1).unwrap().as_ref(), &vec![0.0; dim][..]);
+        assert_eq!(opened.vector(0).unwrap()[49], -1.0);
 
         // A damaged offset table is an error naming the file (checksums fixed up to reach it).
         let path = dir.join(SPARSE_VECTORS_FILE);
@@ -1408,6 +1773,119 @@ mod tests {
             written.docs()
         );
         assert!(lines.doc(3).is_err());
+    }
+
+    /// Rewrites `name` in the store at `dir` and its manifest entry, as a writer would.
+    fn replace_file(dir: &Path, name: &str, bytes: &[u8]) {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let mut manifest = read_manifest(dir).unwrap();
+        manifest.files.insert(name.into(), FileEntry::of(bytes));
+        write_manifest(dir, &manifest).unwrap();
+    }
+
+    #[test]
+    fn a_light_open_checks_each_document_and_the_vectors_when_they_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let written = StylusDocs::write(&dir, new_store(3)).unwrap();
+        // The file changes in place after the store was written, keeping its size: a light
+        // open does not read it, so it opens; the changed document and the vectors do not.
+        let docs = std::fs::read_to_string(dir.join(DOCS_FILE)).unwrap();
+        let second = docs.lines().nth(1).unwrap();
+        let changed = second.replacen(
+            written.docs()[1].card.title.as_str(),
+            &"X".repeat(written.docs()[1].card.title.len()),
+            1,
+        );
+        assert_ne!(changed, second);
+        std::fs::write(dir.join(DOCS_FILE), docs.replacen(second, &changed, 1)).unwrap();
+        let mut vectors = std::fs::read(dir.join(VECTORS_FILE)).unwrap();
+        let last = vectors.len() - 1;
+        vectors[last] ^= 0x40;
+        std::fs::write(dir.join(VECTORS_FILE), &vectors).unwrap();
+
+        let light = StylusDocs::open_light(&dir, &[]).unwrap();
+        assert_eq!(light.docs()[1].card.title, written.docs()[1].card.title);
+        let lines = light.doc_lines().unwrap();
+        assert_eq!(*lines.doc(0).unwrap(), written.docs()[0]);
+        assert_eq!(*lines.doc(2).unwrap(), written.docs()[2]);
+        let err = lines.doc(1).unwrap_err().to_string();
+        assert!(
+            err.contains(DOCS_FILE) && err.contains("line 2") && err.contains("crc32"),
+            "{err}"
+        );
+        assert!(lines.all().is_err());
+        let err = light.vectors().unwrap_err().to_string();
+        assert!(err.contains(VECTORS_FILE) && err.contains("crc32"), "{err}");
+        let (_, loader) = light.into_parts();
+        assert!(loader.load().is_err());
+        // A full open checks every file at once.
+        let err = StylusDocs::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("crc32"), "{err}");
+    }
+
+    #[test]
+    fn a_light_open_holds_the_files_of_the_store_it_opened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let first = StylusDocs::write(&dir, new_store(3)).unwrap();
+        let light = StylusDocs::open_light(&dir, &[]).unwrap();
+        // A writer swaps in another store before the reader asks for documents and vectors.
+        let mut other = new_store(2);
+        other.docs[0].description = "another store".into();
+        StylusDocs::write(&dir, other).unwrap();
+        let lines = light.doc_lines().unwrap();
+        assert_eq!(*lines.doc(0).unwrap(), first.docs()[0]);
+        assert_eq!(light.vectors().unwrap(), first.vectors().unwrap());
+    }
+
+    #[test]
+    fn stores_without_light_documents_open_light_from_docs_jsonl() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let written = StylusDocs::write(&dir, new_store(3)).unwrap();
+        std::fs::remove_file(dir.join(LIGHT_DOCS_FILE)).unwrap();
+        let mut manifest = read_manifest(&dir).unwrap();
+        manifest.files.remove(LIGHT_DOCS_FILE);
+        write_manifest(&dir, &manifest).unwrap();
+        let light = StylusDocs::open_light(&dir, &[]).unwrap();
+        assert_eq!(light.docs()[2].id(), written.docs()[2].id());
+        assert_eq!(
+            *light.doc_lines().unwrap().doc(2).unwrap(),
+            written.docs()[2]
+        );
+        assert_eq!(light.vectors().unwrap(), written.vectors().unwrap());
+    }
+
+    #[test]
+    fn light_documents_that_point_outside_docs_jsonl_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        StylusDocs::write(&dir, new_store(2)).unwrap();
+        let light = std::fs::read_to_string(dir.join(LIGHT_DOCS_FILE)).unwrap();
+        let mut rows: Vec<serde_json::Value> = light
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let cases: [(&str, serde_json::Value); 3] = [
+            ("out of order", serde_json::json!([0, 5, 0])),
+            ("past the end", serde_json::json!([10, 1_000_000, 0])),
+            ("no line", serde_json::Value::Null),
+        ];
+        for (what, line) in cases {
+            let original = rows[1]["line"].clone();
+            match &line {
+                serde_json::Value::Null => {
+                    rows[1].as_object_mut().unwrap().remove("line");
+                }
+                _ => rows[1]["line"] = line.clone(),
+            }
+            let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+            replace_file(&dir, LIGHT_DOCS_FILE, text.as_bytes());
+            let err = StylusDocs::open_light(&dir, &[]).unwrap_err().to_string();
+            assert!(err.contains(LIGHT_DOCS_FILE), "{what}: {err}");
+            rows[1]["line"] = original;
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`HnswRetriever`]: an HNSW graph (`hnsw_rs`) with filters applied inside the search,
 //!   persisted next to the StylusDocs store ([`persist`]).
 //! - [`LexicalIndex`] (BM25) and [`HybridRetriever`]: dense + lexical rankings fused by RRF.
+//! - [`LazyIndex`]: an index built on its first search (a store's vectors, read only when needed).
 //! - [`eval`]: recall@k / MRR of a ranking against the adapter a prompt was made with.
 //!
 //! Both implement [`stylus_core::SearchIndex`], are `Send + Sync` and answer batches of queries.
@@ -14,6 +15,7 @@ pub mod exact;
 pub mod filter;
 pub mod hnsw;
 pub mod hybrid;
+pub mod lazy;
 pub mod lexical;
 pub mod persist;
 pub mod select;
@@ -24,6 +26,7 @@ pub mod vectors;
 pub use exact::ExactRetriever;
 pub use hnsw::HnswRetriever;
 pub use hybrid::{FusionConfig, HybridRetriever};
+pub use lazy::LazyIndex;
 pub use lexical::{LexicalConfig, LexicalIndex};
 pub use select::Hit;
 pub use sparse::SparseRetriever;
