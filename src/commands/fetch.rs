@@ -23,12 +23,8 @@ pub struct Args {
     pub plan: Option<PathBuf>,
     /// Download URLs, or `civitai:<model version id>` (a bare number is a version id).
     pub specs: Vec<String>,
-    /// The cache folder.
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// The cache's size limit in GB; least recently used files are evicted beyond it.
-    #[arg(long, value_name = "GB", value_parser = stylus_fetch::cache::gb_to_bytes)]
-    pub cache_max_gb: Option<u64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Files downloaded at once (1..=16).
     #[arg(long, default_value_t = 3, value_parser = super::usize_in(1..=16))]
     pub jobs: usize,
@@ -38,6 +34,24 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Where the adapter cache is and how large it may grow (`fetch`, `generate --fetch`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArgs {
+    /// The adapter cache folder (default: STYLUS_ADAPTER_CACHE, else ~/.cache/stylus/adapters).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The cache's size limit in GB (default: STYLUS_CACHE_MAX_GB, else 20); least recently
+    /// used files are evicted beyond it, never one in use.
+    #[arg(long, value_name = "GB", value_parser = stylus_fetch::cache::gb_to_bytes)]
+    pub cache_max_gb: Option<u64>,
+}
+
+impl CacheArgs {
+    pub(crate) fn open(&self) -> Result<AdapterCache, StylusError> {
+        open_cache(self.cache_dir.clone(), self.cache_max_gb)
+    }
 }
 
 /// The cache named by the flags, else the default one.
@@ -95,7 +109,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     fetch_config.concurrency = args.jobs;
     fetch_config.offline |= args.offline;
     fetch_config.progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let cache = open_cache(args.cache_dir, args.cache_max_gb)?;
+    let cache = args.cache.open()?;
     let fetcher = Fetcher::new(cache, fetch_config)?;
     let runtime = super::runtime()?;
     let results = runtime.block_on(fetcher.fetch_all(&requests));

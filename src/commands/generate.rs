@@ -10,20 +10,28 @@ use serde::Serialize;
 use stylus::render::{Device, load_sampler};
 use stylus::{Source, Stylus};
 use stylus_core::{
-    AdapterId, ExplicitLora, GenerationRequest, SamplerKind, SamplingParams, StylusConfig,
-    StylusError, WeightedAdapter,
+    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, SamplerKind, SamplingParams,
+    StylusConfig, StylusError, WeightedAdapter,
 };
 use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
 };
 use stylus_diffusion::sampler::{SamplingProgress, write_latents};
+use stylus_fetch::{
+    FetchConfig, Fetcher, FetchingLocator, HubCheckpoint, HubOptions, resolve_checkpoint,
+};
 use stylus_refiner::locator::FolderLocator;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// SD 1.5 checkpoint: a diffusers folder or a single-file .safetensors.
-    #[arg(long, value_name = "PATH")]
+    /// SD 1.5 checkpoint: a diffusers folder, a single-file .safetensors, or a Hugging Face hub
+    /// repo `hf:org/name[@revision]` (diffusers layout; `hf:org/name/file.safetensors` for a
+    /// single file), found in or downloaded into the hub cache (HF_HUB_CACHE / HF_HOME).
+    #[arg(long, value_name = "PATH|hf:REPO")]
     pub checkpoint: PathBuf,
+    /// Hub checkpoints: fetch the `.fp16.safetensors` weights (half the download; run in f32).
+    #[arg(long)]
+    pub fp16_variant: bool,
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
@@ -38,6 +46,16 @@ pub struct Args {
     /// Skip adapter selection.
     #[arg(long)]
     pub no_select: bool,
+    /// Download the selected adapters that --lora-dir lacks (the catalog's download URLs,
+    /// CIVITAI_API_KEY for gated files) into the adapter cache, verified, then render.
+    #[arg(long)]
+    pub fetch: bool,
+    /// No network: adapters and hub checkpoints come from local folders and caches only (also
+    /// STYLUS_OFFLINE=1, HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub cache: super::fetch::CacheArgs,
     /// Number of images (1..=256).
     #[arg(long, default_value_t = 1, value_parser = super::usize_in(stylus_core::limits::BATCH))]
     pub batch: usize,
@@ -145,10 +163,11 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     };
     // Everything is checked before the checkpoint is loaded (seconds to minutes).
     sampling.validate()?;
-    if selecting && args.lora_dir.is_none() {
+    if selecting && args.lora_dir.is_none() && !args.fetch {
         return Err(StylusError::InvalidArgument(
             "selection picks adapters from the catalog and needs their files: give --lora-dir \
-             DIR (a folder with the LoRA files), or --lora FILE[:W] / --no-select"
+             DIR (a folder with the LoRA files) and/or --fetch (download them), or --lora \
+             FILE[:W] / --no-select"
                 .into(),
         ));
     }
@@ -160,7 +179,11 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
             dir.display()
         )));
     }
-    if !args.checkpoint.exists() {
+    let hub = match args.checkpoint.to_str().and_then(HubCheckpoint::parse) {
+        Some(parsed) => Some(parsed?),
+        None => None,
+    };
+    if hub.is_none() && !args.checkpoint.exists() {
         return Err(StylusError::InvalidArgument(format!(
             "--checkpoint {}: no such file or directory",
             args.checkpoint.display()
@@ -175,6 +198,16 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         // No selection: nothing is searched; the small bundled catalog fills the slot.
         Source::Bundled
     };
+    let checkpoint = match &hub {
+        Some(hub) => {
+            let mut options = HubOptions::from_env()?;
+            options.offline |= args.offline;
+            options.fp16 = args.fp16_variant;
+            options.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            super::runtime()?.block_on(resolve_checkpoint(hub, &options))?
+        }
+        None => args.checkpoint.clone(),
+    };
     std::fs::create_dir_all(&args.out).map_err(|e| StylusError::io(&args.out, e))?;
 
     let bar = ProgressBar::new(sampling.steps as u64);
@@ -184,7 +217,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     );
     let progress_bar = bar.clone();
     let loaded = load_sampler(
-        &args.checkpoint,
+        &checkpoint,
         args.device,
         Some(Arc::new(move |p: SamplingProgress| {
             progress_bar.set_length(p.steps as u64);
@@ -204,8 +237,19 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     ];
 
     let mut options = Stylus::options().sampler(loaded.sampler.clone());
-    if let Some(dir) = &args.lora_dir {
-        options = options.locator(Arc::new(FolderLocator::new(dir)?));
+    let folder = match &args.lora_dir {
+        Some(dir) => Some(Arc::new(FolderLocator::new(dir)?) as Arc<dyn AdapterLocator>),
+        None => None,
+    };
+    if args.fetch {
+        let network = super::network("CIVITAI", config)?;
+        let mut fetch_config = FetchConfig::from_env(&network)?;
+        fetch_config.offline |= args.offline;
+        fetch_config.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let fetcher = Fetcher::new(args.cache.open()?, fetch_config)?;
+        options = options.locator(Arc::new(FetchingLocator::new(folder, fetcher)));
+    } else if let Some(folder) = folder {
+        options = options.locator(folder);
     }
     let stylus = options.open(source, config)?;
     let request = GenerationRequest {
@@ -238,15 +282,17 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     }
 
     let model_info = ModelInfo {
-        hash: args
-            .checkpoint
+        hash: checkpoint
             .is_file()
-            .then(|| model_short_hash(&args.checkpoint))
+            .then(|| model_short_hash(&checkpoint))
             .transpose()?,
-        name: args
-            .checkpoint
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned()),
+        // A hub snapshot folder is named by its commit: the repo names the model.
+        name: match &hub {
+            Some(hub) if hub.file.is_none() => hub.repo_id.rsplit('/').next().map(str::to_owned),
+            _ => checkpoint
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned()),
+        },
     };
     let mut plan_images = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {
@@ -286,7 +332,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         prompt: &args.prompt,
         negative_prompt: &args.negative,
         seed: args.seed,
-        checkpoint: &args.checkpoint,
+        checkpoint: &checkpoint,
         model_hash: model_info.hash.as_deref(),
         sampling: &sampling,
         selection,

@@ -13,6 +13,7 @@ pub mod card;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod hf_cache;
 pub mod ids;
 #[cfg(feature = "openai")]
 pub mod openai;

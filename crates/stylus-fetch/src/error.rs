@@ -161,6 +161,20 @@ pub enum FetchError {
     #[error("{} adapter file(s) could not be fetched:\n{}", errors.len(), list(errors))]
     Several { errors: Vec<FetchError> },
 
+    /// A hub checkpoint that cannot be had: missing from the repo or the offline cache, not an
+    /// SD diffusers repo, or no answer within the deadline.
+    #[error("checkpoint {checkpoint}: {message}")]
+    Hub { checkpoint: String, message: String },
+
+    /// A request to the Hugging Face hub failed.
+    #[error("checkpoint {checkpoint}: {what}: hub request failed")]
+    HubRequest {
+        checkpoint: String,
+        what: String,
+        #[source]
+        source: Box<hf_hub::api::tokio::ApiError>,
+    },
+
     /// A bad argument (a plan that does not parse, an unknown spec, a bad setting).
     #[error("{0}")]
     InvalidArgument(String),

@@ -7,6 +7,10 @@
 //! - [`Fetcher`]: downloads Civitai `downloadUrl`s into it (API key, redirects, `Range` resume,
 //!   bounded concurrency, retries with backoff honouring `Retry-After`, progress bars), checking
 //!   size, content (no HTML/JSON error bodies, no pickles), sha256 and base model first.
+//! - [`hub`]: base checkpoints named `hf:org/name[@revision]`, resolved in (and downloaded into)
+//!   the standard Hugging Face hub cache.
+//! - [`FetchingLocator`]: the locator of `generate --fetch` (LoRA folder, then cache, then
+//!   download), pinning what it hands out.
 //! - [`fetch_missing`]: what `generate --fetch` calls for the adapters the LoRA folder lacks.
 //!
 //! Every error is a typed [`FetchError`] naming the adapter.
@@ -14,9 +18,13 @@
 pub mod cache;
 pub mod download;
 pub mod error;
+pub mod hub;
+pub mod locator;
 pub mod plan;
 
 pub use cache::{AdapterCache, CacheEntry, Pin, PruneReport, VerifyProblem};
 pub use download::{AuthStyle, FetchConfig, FetchRequest, Fetched, Fetcher, check_lora};
 pub use error::FetchError;
+pub use hub::{HubCheckpoint, HubOptions, resolve_checkpoint};
+pub use locator::FetchingLocator;
 pub use plan::{fetch_missing, parse_spec, plan_adapters};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use safetensors::{Dtype, tensor::TensorView};
 use sha2::{Digest, Sha256};
 use stylus_fetch::{
-    AdapterCache, AuthStyle, FetchConfig, FetchError, FetchRequest, Fetcher, VerifyProblem,
-    fetch_missing, plan_adapters,
+    AdapterCache, AuthStyle, FetchConfig, FetchError, FetchRequest, Fetcher, HubCheckpoint,
+    HubOptions, VerifyProblem, fetch_missing, plan_adapters, resolve_checkpoint,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -149,19 +149,15 @@ fn serve(body: &Arc<Vec<u8>>, request: &Seen, name: &str) -> Reply {
         "application/octet-stream".to_string(),
     );
     if let Some(range) = request.headers.get("range") {
-        let start: usize = range
-            .trim_start_matches("bytes=")
-            .trim_end_matches('-')
-            .parse()
-            .unwrap();
+        let (start, end) = byte_range(range, body.len());
         let content_range = (
             "Content-Range".to_string(),
-            format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+            format!("bytes {start}-{end}/{}", body.len()),
         );
         return Reply::Full {
             status: 206,
             headers: vec![disposition, octets, content_range],
-            body: Arc::new(body[start..].to_vec()),
+            body: Arc::new(body[start..=end].to_vec()),
         };
     }
     Reply::Full {
@@ -169,6 +165,14 @@ fn serve(body: &Arc<Vec<u8>>, request: &Seen, name: &str) -> Reply {
         headers: vec![disposition, octets],
         body: Arc::clone(body),
     }
+}
+
+/// The inclusive byte range of `bytes=A-` or `bytes=A-B` in a body of `len` bytes.
+fn byte_range(range: &str, len: usize) -> (usize, usize) {
+    let (start, end) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+    let start: usize = start.parse().unwrap();
+    let end = end.parse().map_or(len - 1, |end: usize| end.min(len - 1));
+    (start, end)
 }
 
 fn text(status: u16, content_type: &str, body: &str) -> Reply {
@@ -805,4 +809,213 @@ async fn fetch_missing_takes_a_select_plan() {
         "{error:?}"
     );
     assert!(error.to_string().contains("mine.safetensors"));
+}
+
+/// The commit of the stub hub repo.
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// The tiny diffusers model of stylus-diffusion's parity fixtures as a hub repo's files (plus a
+/// model_index.json and a pickle the resolver must not fetch).
+fn tiny_hub_repo() -> HashMap<String, Arc<Vec<u8>>> {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../stylus-diffusion/tests/fixtures/sd/tiny-diffusers"
+    );
+    let mut files: HashMap<String, Arc<Vec<u8>>> = [
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+    ]
+    .into_iter()
+    .map(|f| {
+        let bytes = std::fs::read(format!("{fixtures}/{f}")).unwrap();
+        (f.to_string(), Arc::new(bytes))
+    })
+    .collect();
+    files.insert("model_index.json".into(), Arc::new(b"{}".to_vec()));
+    files.insert(
+        "unet/diffusion_pytorch_model.bin".into(),
+        Arc::new(b"PK pickle".to_vec()),
+    );
+    files
+}
+
+/// Answers as the hub does: the repo listing, and each file (whole or a byte range) with its
+/// commit, etag (a safetensors file's sha256, or `etag_of`'s) and size.
+fn hub_reply(
+    files: &HashMap<String, Arc<Vec<u8>>>,
+    request: &Seen,
+    etag_of: &dyn Fn(&str, &[u8]) -> String,
+) -> Reply {
+    let path = request.path.split('?').next().unwrap();
+    if path == "/api/models/org/tiny-sd/revision/main" {
+        let siblings: Vec<serde_json::Value> = files
+            .keys()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let body = serde_json::json!({ "sha": COMMIT, "siblings": siblings }).to_string();
+        return text(200, "application/json", &body);
+    }
+    let Some(file) = path.strip_prefix("/org/tiny-sd/resolve/main/") else {
+        return text(404, "text/plain", "no such repo");
+    };
+    let Some(body) = files.get(file) else {
+        return text(404, "text/plain", "no such file");
+    };
+    let range = request
+        .headers
+        .get("range")
+        .map_or((0, body.len() - 1), |r| byte_range(r, body.len()));
+    Reply::Full {
+        status: 206,
+        headers: vec![
+            ("X-Repo-Commit".into(), COMMIT.into()),
+            (
+                "X-Linked-Etag".into(),
+                format!("\"{}\"", etag_of(file, body)),
+            ),
+            (
+                "Content-Range".into(),
+                format!("bytes {}-{}/{}", range.0, range.1, body.len()),
+            ),
+        ],
+        body: Arc::new(body[range.0..=range.1].to_vec()),
+    }
+}
+
+/// LFS files' etags are their sha256; other files get a git blob-like id.
+fn hub_etag(file: &str, body: &[u8]) -> String {
+    if file.ends_with(".safetensors") {
+        sha(body)
+    } else {
+        sha(body)[..40].to_string()
+    }
+}
+
+fn hub_options(cache: &std::path::Path, endpoint: &str) -> HubOptions {
+    HubOptions {
+        endpoint: endpoint.into(),
+        deadline: Duration::from_secs(30),
+        ..HubOptions::from_vars(|_| None, Some(cache.to_path_buf())).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_checkpoint_lands_in_the_hub_cache_layout_and_is_found_there_offline() {
+    let files = Arc::new(tiny_hub_repo());
+    let stub = Stub::start({
+        let files = Arc::clone(&files);
+        move |request, _| hub_reply(&files, request, &hub_etag)
+    })
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let checkpoint = HubCheckpoint::parse("hf:org/tiny-sd").unwrap().unwrap();
+    let options = hub_options(cache.path(), &stub.base);
+    let snapshot = resolve_checkpoint(&checkpoint, &options).await.unwrap();
+
+    let repo_dir = cache.path().join("models--org--tiny-sd");
+    assert_eq!(snapshot, repo_dir.join("snapshots").join(COMMIT));
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/main"))
+            .unwrap()
+            .trim(),
+        COMMIT
+    );
+    for (file, body) in files.iter() {
+        let fetched = std::fs::read(snapshot.join(file));
+        if file.ends_with(".bin") {
+            assert!(fetched.is_err(), "the pickle {file} was fetched");
+        } else {
+            assert_eq!(&fetched.unwrap(), body.as_ref(), "{file}");
+        }
+    }
+    // Weight files are links into blobs/ named by their sha256.
+    let unet = "unet/diffusion_pytorch_model.safetensors";
+    let blob = std::fs::canonicalize(snapshot.join(unet)).unwrap();
+    assert_eq!(
+        blob,
+        repo_dir
+            .join("blobs")
+            .join(sha(&files[unet]))
+            .canonicalize()
+            .unwrap()
+    );
+
+    // Offline, the cache answers alone.
+    let requests = stub.seen().len();
+    let offline = HubOptions {
+        offline: true,
+        ..options.clone()
+    };
+    assert_eq!(
+        resolve_checkpoint(&checkpoint, &offline).await.unwrap(),
+        snapshot
+    );
+    let single = HubCheckpoint::parse(&format!("hf:org/tiny-sd/{unet}"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resolve_checkpoint(&single, &offline).await.unwrap(),
+        snapshot.join(unet)
+    );
+    assert_eq!(stub.seen().len(), requests);
+
+    // Offline with an empty cache: a clear error, no request.
+    let empty = tempfile::tempdir().unwrap();
+    let err = resolve_checkpoint(
+        &checkpoint,
+        &HubOptions {
+            offline: true,
+            ..hub_options(empty.path(), &stub.base)
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("hf:org/tiny-sd@main") && err.contains("offline"),
+        "{err}"
+    );
+    assert_eq!(stub.seen().len(), requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_file_that_does_not_hash_to_its_etag_is_deleted_and_named() {
+    let files = Arc::new(tiny_hub_repo());
+    let unet = "unet/diffusion_pytorch_model.safetensors";
+    let claimed = sha(b"another file");
+    let stub = Stub::start({
+        let (files, claimed) = (Arc::clone(&files), claimed.clone());
+        move |request, _| {
+            hub_reply(&files, request, &|file, body| {
+                if file == unet {
+                    claimed.clone()
+                } else {
+                    hub_etag(file, body)
+                }
+            })
+        }
+    })
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let checkpoint = HubCheckpoint::parse("hf:org/tiny-sd").unwrap().unwrap();
+    let err = resolve_checkpoint(&checkpoint, &hub_options(cache.path(), &stub.base))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, FetchError::HashMismatch { .. }), "{text}");
+    assert!(
+        text.contains(unet) && text.contains(&claimed) && text.contains(&sha(&files[unet])),
+        "{text}"
+    );
+    let blobs = cache.path().join("models--org--tiny-sd/blobs");
+    assert!(!blobs.join(&claimed).exists());
+    let snapshot = cache
+        .path()
+        .join("models--org--tiny-sd/snapshots")
+        .join(COMMIT);
+    assert!(!snapshot.join(unet).exists());
 }

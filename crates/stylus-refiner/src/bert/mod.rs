@@ -9,7 +9,6 @@
 //! cache. `tools/fetch-minilm.sh` installs all-MiniLM-L6-v2 at [`default_minilm_dir`].
 
 mod config;
-mod hub;
 mod model;
 mod weights;
 
@@ -25,8 +24,8 @@ use stylus_core::{Embedder, Result, StylusError};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 pub use config::{BertConfig, Pooling, SentenceConfig};
-pub use hub::{hf_hub_cache_dir, hf_snapshot_dir};
 pub use model::BertModel;
+pub use stylus_core::hf_cache::{hf_hub_cache_dir, hf_snapshot_dir};
 
 use weights::WeightFile;
 

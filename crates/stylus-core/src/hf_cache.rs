@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stylus_core::{Result, StylusError};
+use crate::{Result, StylusError};
 
 /// The hub cache directory as `huggingface_hub` resolves it: `$HF_HUB_CACHE`, else
 /// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
