@@ -187,6 +187,7 @@ impl Sampler for RecordingBackend {
                 adapters: Vec::new(),
                 sampling: job.sampling.clone(),
                 latents: None,
+                init_image: None,
             })
             .collect())
     }
@@ -274,6 +275,7 @@ async fn generate_merges_each_mask_then_samples() {
         }],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let generation = stylus.generate(&request).await.unwrap();
     let images = &generation.images;
@@ -327,6 +329,7 @@ async fn generate_lists_every_missing_adapter_before_computing() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let err = stylus.generate(&request).await.unwrap_err();
     let StylusError::MissingAdapters { adapters } = &err else {
@@ -360,6 +363,7 @@ async fn missing_stages_and_mismatched_dimensions_are_errors() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let err = stylus.generate(&request).await.unwrap_err();
     assert!(matches!(err, StylusError::MissingStage("sampler")), "{err}");
@@ -610,6 +614,7 @@ async fn generate_with_a_plan_selects_nothing_and_locates_each_adapter_once() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let plan = stylus
         .select_with(
