@@ -161,10 +161,10 @@ fn img2img_writes_a_png_a1111_parses_and_strength_1_is_txt2img() {
     assert_eq!((&params["Size-1"][..], &params["Size-2"][..]), ("16", "16"));
     assert_eq!(params["Sampler"], "DPM++ 2M Karras");
     assert!(!params.contains_key("Mask blur"), "{text}");
-    let plan = plan(&out);
-    assert_eq!(plan["mode"], "img2img");
-    assert_eq!(plan["init_image"]["strength"], 0.5);
-    assert_eq!(plan["init_image"]["resize_mode"], "fill");
+    let recorded = plan(&out);
+    assert_eq!(recorded["mode"], "img2img");
+    assert_eq!(recorded["init_image"]["strength"], 0.5);
+    assert_eq!(recorded["init_image"]["resize_mode"], "fill");
 
     // Strength 1 starts from the seed's pure noise: the txt2img image, bit for bit.
     let full = dir.path().join("full");

@@ -250,6 +250,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         explicit_loras: explicit,
         init_latents: args.latents.clone(),
         keep_latents: args.save_latents.is_some(),
+        init_image: init_image.clone(),
     };
     // Selection runs once, inside `generate`; plan.json records the plan the images came from.
     let generation = super::runtime()?.block_on(stylus.generate(&request))?;
