@@ -430,6 +430,49 @@ mod validate_tests {
     }
 
     #[test]
+    fn init_image_checks_strength_and_mask_and_reads_old_json() {
+        let mut init = InitImage::new("photo.png");
+        assert!(init.validate().is_ok());
+        assert_eq!(InitImage::mode(Some(&init)), "img2img");
+        for bad in [-0.01, 1.01, f32::NAN] {
+            init.strength = bad;
+            assert!(
+                init.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("--strength")
+            );
+        }
+        init.strength = 1.0;
+        init.inpaint_model = true;
+        assert!(init.validate().unwrap_err().to_string().contains("--mask"));
+        init.mask = Some(InpaintMask {
+            path: "mask.png".into(),
+            blur: 1000,
+            resize: false,
+        });
+        assert!(
+            init.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--mask-blur 1000")
+        );
+        init.mask.as_mut().unwrap().blur = 4;
+        assert!(init.validate().is_ok());
+        assert_eq!(InitImage::mode(Some(&init)), "inpaint");
+        assert_eq!(InitImage::mode(None), "txt2img");
+        // Defaults when a field is left out: strength 0.75, fill.
+        let parsed: InitImage = serde_json::from_str(r#"{"path": "p.png"}"#).unwrap();
+        assert_eq!(parsed, InitImage::new("p.png"));
+        // A request written before img2img existed still reads.
+        let request: GenerationRequest = serde_json::from_str(
+            r#"{"prompt": "a", "batch": 1, "seed": 0, "sampling": {}, "select": false}"#,
+        )
+        .unwrap();
+        assert_eq!(request.init_image, None);
+    }
+
+    #[test]
     fn sampling_limits_name_the_flag_and_the_range() {
         assert!(SamplingParams::default().validate().is_ok());
         let check = |edit: &dyn Fn(&mut SamplingParams), needle: &str| {

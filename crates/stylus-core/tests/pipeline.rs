@@ -165,10 +165,13 @@ impl AdapterLocator for FolderLocator {
 #[derive(Default)]
 struct RecordingBackend {
     merges: Mutex<Vec<Vec<(String, f32)>>>,
+    /// Each job's img2img settings.
+    inits: Mutex<Vec<Option<stylus_core::InitImage>>>,
 }
 
 impl Sampler for RecordingBackend {
     fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
+        self.inits.lock().unwrap().push(job.init_image.clone());
         self.merges.lock().unwrap().push(
             job.adapters
                 .iter()
@@ -255,6 +258,51 @@ async fn select_runs_every_stage_and_weights_by_topic() {
     let json = serde_json::to_value(&plan).unwrap();
     assert_eq!(json["topics"][0]["adapters"][0]["id"], 1);
     assert!(json["timings_ms"]["compose"].is_number());
+}
+
+#[tokio::test]
+async fn img2img_selects_as_txt2img_and_every_job_carries_the_image() {
+    let backend = Arc::new(RecordingBackend::default());
+    let present = (1..=5).map(AdapterId::Civitai).collect();
+    let stylus = pipeline(Some(backend.clone()), present);
+    let txt2img = GenerationRequest {
+        prompt: "a cat, in the rain".into(),
+        negative_prompt: String::new(),
+        batch: 3,
+        seed: 42,
+        sampling: SamplingParams::default(),
+        select: true,
+        explicit_loras: Vec::new(),
+        init_latents: None,
+        keep_latents: false,
+        init_image: None,
+    };
+    let mut init = stylus_core::InitImage::new("/photos/cat.png");
+    init.strength = 0.6;
+    let img2img = GenerationRequest {
+        init_image: Some(init.clone()),
+        ..txt2img.clone()
+    };
+    let plain = stylus.generate(&txt2img).await.unwrap();
+    backend.inits.lock().unwrap().clear();
+    let from_image = stylus.generate(&img2img).await.unwrap();
+    let masks = |g: &stylus_core::Generation| {
+        serde_json::to_value(&g.plan.as_ref().unwrap().masks).unwrap()
+    };
+    assert_eq!(masks(&plain), masks(&from_image), "selection is unchanged");
+    let inits = backend.inits.lock().unwrap();
+    assert!(!inits.is_empty());
+    assert!(inits.iter().all(|i| i.as_ref() == Some(&init)));
+
+    // Checked before selection: strength outside [0, 1], an init image with init latents.
+    let mut bad = img2img.clone();
+    bad.init_image.as_mut().unwrap().strength = 1.5;
+    let err = stylus.generate(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("--strength 1.5"), "{err}");
+    let mut both = img2img;
+    both.init_latents = Some("/latents.safetensors".into());
+    let err = stylus.generate(&both).await.unwrap_err().to_string();
+    assert!(err.contains("--latents"), "{err}");
 }
 
 #[tokio::test]
