@@ -1,8 +1,8 @@
 //! img2img and inpainting from a library, through the facade: load an SD 1.5 checkpoint as a
 //! sampler, and render a request that starts from a photo (`GenerationRequest::init_image`)
-//! instead of pure noise, optionally repainting only a masked area. With selection on, the prompt
-//! still picks the adapters (give `--lora-dir`-like locator, see `generate_with_loras.rs`); here
-//! selection is off.
+//! instead of pure noise, optionally repainting only a masked area. With selection on
+//! (`select: true` and a locator for the LoRA files, as `stylus generate --lora-dir` sets up), the
+//! prompt still picks the adapters; here selection is off.
 //!
 //! ```text
 //! cargo run --release --example img2img -- CHECKPOINT photo.png OUT_DIR "an oil painting of a harbour" \

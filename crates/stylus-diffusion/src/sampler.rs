@@ -14,6 +14,13 @@
 //! Initial latents may come from a safetensors file instead (one f32 tensor `latents`
 //! `[n, 4, h, w]`; the job takes rows `first_image..first_image + batch`), and they are scaled by
 //! the scheduler's `init_noise_sigma` exactly as diffusers scales the `latents` argument.
+//!
+//! img2img and inpainting ([`SampleJob::init_image`]): [`start_from_image`] fits and encodes the
+//! image and noises it to the step the strength picks, [`denoise_with`] runs the remaining steps
+//! (blending the image back outside the mask for regular UNets, or feeding mask and masked-image
+//! latents to a 9-channel inpainting UNet), and an inpainted result is pasted over the original
+//! with the blurred mask. Each image's stream draws the start noise first, then the VAE posterior
+//! samples, so strength 1 gives the txt2img image of the same seed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
