@@ -166,7 +166,7 @@ impl AdapterLocator for FolderLocator {
 struct RecordingBackend {
     merges: Mutex<Vec<Vec<(String, f32)>>>,
     /// Each job's img2img settings.
-    inits: Mutex<Vec<Option<stylus_core::InitImage>>>,
+    inits: Mutex<Vec<Option<InitImage>>>,
 }
 
 impl Sampler for RecordingBackend {
@@ -277,7 +277,7 @@ async fn img2img_selects_as_txt2img_and_every_job_carries_the_image() {
         keep_latents: false,
         init_image: None,
     };
-    let mut init = stylus_core::InitImage::new("/photos/cat.png");
+    let mut init = InitImage::new("/photos/cat.png");
     init.strength = 0.6;
     let img2img = GenerationRequest {
         init_image: Some(init.clone()),
@@ -286,11 +286,9 @@ async fn img2img_selects_as_txt2img_and_every_job_carries_the_image() {
     let plain = stylus.generate(&txt2img).await.unwrap();
     backend.inits.lock().unwrap().clear();
     let from_image = stylus.generate(&img2img).await.unwrap();
-    let masks = |g: &stylus_core::Generation| {
-        serde_json::to_value(&g.plan.as_ref().unwrap().masks).unwrap()
-    };
+    let masks = |g: &Generation| serde_json::to_value(&g.plan.as_ref().unwrap().masks).unwrap();
     assert_eq!(masks(&plain), masks(&from_image), "selection is unchanged");
-    let inits = backend.inits.lock().unwrap();
+    let inits = backend.inits.lock().unwrap().clone();
     assert!(!inits.is_empty());
     assert!(inits.iter().all(|i| i.as_ref() == Some(&init)));
 
