@@ -60,6 +60,7 @@ async fn main() -> Result<(), StylusError> {
         explicit_loras,
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let generation = stylus.generate(&request).await?;
     let hashes = generation

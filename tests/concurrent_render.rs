@@ -42,6 +42,7 @@ fn request(loras: &[(&str, f32)]) -> GenerationRequest {
             .collect(),
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     }
 }
 

@@ -239,6 +239,7 @@ fn bench<B: Backend>(
         },
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let mut result = Ok(());
     let ms = time_ms(

@@ -10,8 +10,8 @@ use serde::Serialize;
 use stylus::render::{Device, load_sampler};
 use stylus::{Source, Stylus};
 use stylus_core::{
-    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, SamplerKind, SamplingParams,
-    StylusConfig, StylusError, WeightedAdapter,
+    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, InitImage, InpaintMask,
+    ResizeMode, SamplerKind, SamplingParams, StylusConfig, StylusError, WeightedAdapter,
 };
 use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
@@ -86,6 +86,32 @@ pub struct Args {
     /// Initial latents: safetensors with one tensor `latents` [batch, 4, h/8, w/8].
     #[arg(long, value_name = "FILE")]
     pub latents: Option<PathBuf>,
+    /// img2img: start from this image (PNG or JPEG) instead of pure noise. It is fitted to
+    /// --width x --height as --resize-mode says; alpha is composited on white, a JPEG's EXIF
+    /// orientation applied. Not together with --latents.
+    #[arg(long, value_name = "FILE", conflicts_with = "latents")]
+    pub init_image: Option<PathBuf>,
+    /// How much of the init image is repainted, 0..=1 (A1111's denoising strength): the last
+    /// floor(steps x strength) steps run; 1 starts from pure noise.
+    #[arg(long, value_name = "S", requires = "init_image")]
+    pub strength: Option<f32>,
+    /// How an init image (and mask) of another aspect ratio is fitted: `fill` scales to cover
+    /// and crops the middle, `fit` scales to fit and repeats the edges, `stretch` scales each side.
+    #[arg(long, value_enum, default_value_t = ResizeMode::Fill, requires = "init_image")]
+    pub resize_mode: ResizeMode,
+    /// Inpainting: a mask of the init image's size, white (or opaque, in an RGBA mask with
+    /// transparency) = repaint.
+    #[arg(long, value_name = "FILE", requires = "init_image")]
+    pub mask: Option<PathBuf>,
+    /// Gaussian blur of the mask in pixels (A1111's "mask blur").
+    #[arg(long, value_name = "PX", default_value_t = 4, requires = "mask")]
+    pub mask_blur: u32,
+    /// Fit a mask of another size than the init image like the image (else it is an error).
+    #[arg(long, requires = "mask")]
+    pub resize_mask: bool,
+    /// The checkpoint is an inpainting model (9-channel UNet); a regular one is refused.
+    #[arg(long, requires = "mask")]
+    pub inpaint_model: bool,
     /// Save the final denoised latents (before VAE decoding), same format.
     #[arg(long, value_name = "FILE")]
     pub save_latents: Option<PathBuf>,
@@ -113,6 +139,11 @@ pub fn run(mut args: Args, config: &StylusConfig) -> Result<(), StylusError> {
 /// What `plan.json` records: the request and, per image, the file and its recipe.
 #[derive(Debug, Serialize)]
 struct PlanFile<'a> {
+    /// `txt2img`, `img2img` or `inpaint`.
+    mode: &'static str,
+    /// The img2img / inpainting settings (init image, strength, resize mode, mask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_image: Option<&'a InitImage>,
     prompt: &'a str,
     negative_prompt: &'a str,
     seed: u64,
@@ -163,6 +194,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     };
     // Everything is checked before the checkpoint is loaded (seconds to minutes).
     sampling.validate()?;
+    let init_image = init_image(args)?;
     if selecting && args.lora_dir.is_none() && !args.fetch {
         return Err(StylusError::InvalidArgument(
             "selection picks adapters from the catalog and needs their files: give --lora-dir \
@@ -262,6 +294,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         explicit_loras: explicit,
         init_latents: args.latents.clone(),
         keep_latents: args.save_latents.is_some(),
+        init_image: init_image.clone(),
     };
     // Selection runs once, inside `generate`; plan.json records the plan the images came from.
     let generation = super::runtime()?.block_on(stylus.generate(&request))?;
@@ -329,6 +362,8 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         write_latents(path, &values, save_dims)?;
     }
     let plan = PlanFile {
+        mode: InitImage::mode(init_image.as_ref()),
+        init_image: init_image.as_ref(),
         prompt: &args.prompt,
         negative_prompt: &args.negative,
         seed: args.seed,
@@ -341,6 +376,50 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
     let plan_path = args.out.join("plan.json");
     let json = serde_json::to_string_pretty(&plan).expect("the plan serializes");
     std::fs::write(&plan_path, json + "\n").map_err(|e| StylusError::io(&plan_path, e))
+}
+
+/// The img2img / inpainting request from the flags, checked (the files' headers are read, so a
+/// missing, unreadable or oversized image fails before the checkpoint loads).
+fn init_image(args: &Args) -> Result<Option<InitImage>, StylusError> {
+    let Some(path) = &args.init_image else {
+        return Ok(None);
+    };
+    if args.latents.is_some() {
+        return Err(StylusError::InvalidArgument(
+            "--init-image and --latents both set the starting latents; give one".into(),
+        ));
+    }
+    let image_size = stylus_diffusion::image_input::probe(path)?;
+    let mask = match &args.mask {
+        Some(mask_path) => {
+            let mask_size = stylus_diffusion::image_input::probe(mask_path)?;
+            if mask_size != image_size && !args.resize_mask {
+                return Err(StylusError::image(
+                    mask_path,
+                    format!(
+                        "the mask is {}x{} but the init image is {}x{}; give a mask of the \
+                         image's size or --resize-mask",
+                        mask_size.0, mask_size.1, image_size.0, image_size.1
+                    ),
+                ));
+            }
+            Some(InpaintMask {
+                path: mask_path.clone(),
+                blur: args.mask_blur,
+                resize: args.resize_mask,
+            })
+        }
+        None => None,
+    };
+    let init = InitImage {
+        path: path.clone(),
+        strength: args.strength.unwrap_or(InitImage::DEFAULT_STRENGTH),
+        resize_mode: args.resize_mode,
+        mask,
+        inpaint_model: args.inpaint_model,
+    };
+    init.validate()?;
+    Ok(Some(init))
 }
 
 /// `FILE[:WEIGHT]` (see [`super::parse_lora_spec`]).

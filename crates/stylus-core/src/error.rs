@@ -56,6 +56,11 @@ pub enum StylusError {
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
 
+    /// An input image (img2img init image, inpainting mask) cannot be read or used: unreadable,
+    /// truncated, too large, or of the wrong size.
+    #[error("image {path}: {message}")]
+    Image { path: PathBuf, message: String },
+
     /// A file format we refuse or do not know (pickle checkpoints, legacy LoRA layouts, ...).
     #[error("{path}: unsupported format: {message}")]
     UnsupportedFormat { path: PathBuf, message: String },
@@ -172,6 +177,14 @@ impl StylusError {
     /// An error about a model file as a whole.
     pub fn model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Model {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about an input image.
+    pub fn image(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Image {
             path: path.into(),
             message: message.into(),
         }

@@ -34,6 +34,116 @@ pub struct GenerationRequest {
     /// Return the final denoised latents (before VAE decoding) with each image.
     #[serde(default)]
     pub keep_latents: bool,
+    /// img2img / inpainting: start from this image instead of pure noise. Refused together with
+    /// `init_latents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImage>,
+}
+
+/// How an init image or mask of another size is fitted to the requested size (A1111's "resize
+/// mode").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Scale to cover the requested size, keeping the aspect ratio, and crop the middle (A1111
+    /// "Crop and resize").
+    #[default]
+    Fill,
+    /// Scale to fit inside, keeping the aspect ratio, and pad with the image's edge pixels (A1111
+    /// "Resize and fill").
+    Fit,
+    /// Scale each side on its own (A1111 "Just resize").
+    Stretch,
+}
+
+impl ResizeMode {
+    /// The name in requests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fill => "fill",
+            Self::Fit => "fit",
+            Self::Stretch => "stretch",
+        }
+    }
+}
+
+/// The image img2img starts from, and for inpainting the mask of what to repaint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitImage {
+    /// A PNG or JPEG file (8 or 16 bit, grey, palette, RGB or RGBA; alpha is composited on white;
+    /// JPEG EXIF orientation is applied).
+    pub path: PathBuf,
+    /// How much of the image is replaced, in [0, 1] (A1111's "denoising strength"): the sampler
+    /// runs the last `floor(steps * strength)` of its steps from the image noised to that level
+    /// (diffusers' `get_timesteps`). 1 starts from pure noise (txt2img, or inpainting with a
+    /// fresh masked area); 0 returns the image through the VAE.
+    #[serde(default = "InitImage::default_strength")]
+    pub strength: f32,
+    #[serde(default)]
+    pub resize_mode: ResizeMode,
+    /// Inpainting: white (or opaque, for an RGBA mask with transparency) = repaint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<InpaintMask>,
+    /// The checkpoint must be an inpainting model (9-channel UNet); a regular one is refused.
+    #[serde(default)]
+    pub inpaint_model: bool,
+}
+
+/// The mask of an inpainting request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InpaintMask {
+    /// A grey, RGB or RGBA PNG/JPEG of the init image's size (after its EXIF rotation).
+    pub path: PathBuf,
+    /// Gaussian blur radius in pixels applied to the mask (A1111's "mask blur").
+    #[serde(default)]
+    pub blur: u32,
+    /// Fit a mask of another size like the image (else a size mismatch is an error).
+    #[serde(default)]
+    pub resize: bool,
+}
+
+impl InitImage {
+    /// A1111's default denoising strength.
+    pub const DEFAULT_STRENGTH: f32 = 0.75;
+
+    fn default_strength() -> f32 {
+        Self::DEFAULT_STRENGTH
+    }
+
+    /// An img2img request for `path` at the default strength.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            strength: Self::DEFAULT_STRENGTH,
+            resize_mode: ResizeMode::Fill,
+            mask: None,
+            inpaint_model: false,
+        }
+    }
+
+    /// `txt2img`, `img2img` or `inpaint`, as plan.json records it.
+    pub fn mode(init: Option<&Self>) -> &'static str {
+        match init {
+            None => "txt2img",
+            Some(init) if init.mask.is_some() => "inpaint",
+            Some(_) => "img2img",
+        }
+    }
+
+    /// Checks the strength and mask settings; the error names the flag.
+    pub fn validate(&self) -> crate::Result<()> {
+        in_range("--strength", self.strength, &limits::STRENGTH)?;
+        if let Some(mask) = &self.mask {
+            in_range("--mask-blur", mask.blur, &limits::MASK_BLUR)?;
+        }
+        if self.inpaint_model && self.mask.is_none() {
+            return Err(crate::StylusError::InvalidArgument(
+                "--inpaint-model needs --mask: an inpainting model repaints a masked area".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Sampler settings (the paper's defaults: 35 steps, CFG 5, DPM++ 2M Karras, 512x512).
@@ -130,6 +240,13 @@ pub mod limits {
     pub const TOP_K: RangeInclusive<usize> = 1..=100_000;
     /// LoRA weights (`--lora FILE:W`).
     pub const LORA_WEIGHT: RangeInclusive<f32> = -10.0..=10.0;
+    /// img2img denoising strength.
+    pub const STRENGTH: RangeInclusive<f32> = 0.0..=1.0;
+    /// Inpainting mask blur radius in pixels.
+    pub const MASK_BLUR: RangeInclusive<u32> = 0..=256;
+    /// Pixels of an input image (init image, mask), checked from the header before decoding:
+    /// 8192 x 8192, a 192 MiB RGB buffer (decompression bombs are refused unread).
+    pub const IMAGE_PIXELS: u64 = 8192 * 8192;
 }
 
 impl SamplingParams {
@@ -211,6 +328,9 @@ pub struct SampleJob {
     pub sampling: SamplingParams,
     pub init_latents: Option<PathBuf>,
     pub keep_latents: bool,
+    /// img2img / inpainting input (see [`GenerationRequest::init_image`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImage>,
 }
 
 /// An adapter whose file was found, ready to merge.
@@ -290,6 +410,9 @@ pub struct GeneratedImage {
     /// Final denoised latents `[4, height/8, width/8]`, when asked for.
     #[serde(skip)]
     pub latents: Option<Vec<f32>>,
+    /// The img2img / inpainting settings the image was made with (`None`: txt2img).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImage>,
 }
 
 #[cfg(test)]
@@ -304,6 +427,49 @@ mod validate_tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
         }
         assert!("bogus".parse::<SamplerKind>().is_err());
+    }
+
+    #[test]
+    fn init_image_checks_strength_and_mask_and_reads_old_json() {
+        let mut init = InitImage::new("photo.png");
+        assert!(init.validate().is_ok());
+        assert_eq!(InitImage::mode(Some(&init)), "img2img");
+        for bad in [-0.01, 1.01, f32::NAN] {
+            init.strength = bad;
+            assert!(
+                init.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("--strength")
+            );
+        }
+        init.strength = 1.0;
+        init.inpaint_model = true;
+        assert!(init.validate().unwrap_err().to_string().contains("--mask"));
+        init.mask = Some(InpaintMask {
+            path: "mask.png".into(),
+            blur: 1000,
+            resize: false,
+        });
+        assert!(
+            init.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--mask-blur 1000")
+        );
+        init.mask.as_mut().unwrap().blur = 4;
+        assert!(init.validate().is_ok());
+        assert_eq!(InitImage::mode(Some(&init)), "inpaint");
+        assert_eq!(InitImage::mode(None), "txt2img");
+        // Defaults when a field is left out: strength 0.75, fill.
+        let parsed: InitImage = serde_json::from_str(r#"{"path": "p.png"}"#).unwrap();
+        assert_eq!(parsed, InitImage::new("p.png"));
+        // A request written before img2img existed still reads.
+        let request: GenerationRequest = serde_json::from_str(
+            r#"{"prompt": "a", "batch": 1, "seed": 0, "sampling": {}, "select": false}"#,
+        )
+        .unwrap();
+        assert_eq!(request.init_image, None);
     }
 
     #[test]

@@ -255,6 +255,7 @@ impl Stylus {
                 sampling: request.sampling.clone(),
                 init_latents: request.init_latents.clone(),
                 keep_latents: request.keep_latents,
+                init_image: request.init_image.clone(),
             };
             let sampler = Arc::clone(sampler);
             let (job, rendered) = crate::blocking::spawn_compute(move || {
@@ -364,7 +365,16 @@ fn check_request(request: &GenerationRequest) -> Result<()> {
             "batch must be at least 1".into(),
         ));
     }
-    request.sampling.validate()
+    request.sampling.validate()?;
+    if let Some(init) = &request.init_image {
+        init.validate()?;
+        if request.init_latents.is_some() {
+            return Err(StylusError::InvalidArgument(
+                "--init-image and --latents both set the starting latents; give one".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Removes `<lora:...>` tags (the sampler gets adapters with the job, not through the prompt).

@@ -165,10 +165,13 @@ impl AdapterLocator for FolderLocator {
 #[derive(Default)]
 struct RecordingBackend {
     merges: Mutex<Vec<Vec<(String, f32)>>>,
+    /// Each job's img2img settings.
+    inits: Mutex<Vec<Option<InitImage>>>,
 }
 
 impl Sampler for RecordingBackend {
     fn sample(&self, job: &SampleJob) -> Result<Vec<GeneratedImage>> {
+        self.inits.lock().unwrap().push(job.init_image.clone());
         self.merges.lock().unwrap().push(
             job.adapters
                 .iter()
@@ -187,6 +190,7 @@ impl Sampler for RecordingBackend {
                 adapters: Vec::new(),
                 sampling: job.sampling.clone(),
                 latents: None,
+                init_image: None,
             })
             .collect())
     }
@@ -257,6 +261,49 @@ async fn select_runs_every_stage_and_weights_by_topic() {
 }
 
 #[tokio::test]
+async fn img2img_selects_as_txt2img_and_every_job_carries_the_image() {
+    let backend = Arc::new(RecordingBackend::default());
+    let present = (1..=5).map(AdapterId::Civitai).collect();
+    let stylus = pipeline(Some(backend.clone()), present);
+    let txt2img = GenerationRequest {
+        prompt: "a cat, in the rain".into(),
+        negative_prompt: String::new(),
+        batch: 3,
+        seed: 42,
+        sampling: SamplingParams::default(),
+        select: true,
+        explicit_loras: Vec::new(),
+        init_latents: None,
+        keep_latents: false,
+        init_image: None,
+    };
+    let mut init = InitImage::new("/photos/cat.png");
+    init.strength = 0.6;
+    let img2img = GenerationRequest {
+        init_image: Some(init.clone()),
+        ..txt2img.clone()
+    };
+    let plain = stylus.generate(&txt2img).await.unwrap();
+    backend.inits.lock().unwrap().clear();
+    let from_image = stylus.generate(&img2img).await.unwrap();
+    let masks = |g: &Generation| serde_json::to_value(&g.plan.as_ref().unwrap().masks).unwrap();
+    assert_eq!(masks(&plain), masks(&from_image), "selection is unchanged");
+    let inits = backend.inits.lock().unwrap().clone();
+    assert!(!inits.is_empty());
+    assert!(inits.iter().all(|i| i.as_ref() == Some(&init)));
+
+    // Checked before selection: strength outside [0, 1], an init image with init latents.
+    let mut bad = img2img.clone();
+    bad.init_image.as_mut().unwrap().strength = 1.5;
+    let err = stylus.generate(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("--strength 1.5"), "{err}");
+    let mut both = img2img;
+    both.init_latents = Some("/latents.safetensors".into());
+    let err = stylus.generate(&both).await.unwrap_err().to_string();
+    assert!(err.contains("--latents"), "{err}");
+}
+
+#[tokio::test]
 async fn generate_merges_each_mask_then_samples() {
     let backend = Arc::new(RecordingBackend::default());
     let present = (1..=5).map(AdapterId::Civitai).collect();
@@ -274,6 +321,7 @@ async fn generate_merges_each_mask_then_samples() {
         }],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let generation = stylus.generate(&request).await.unwrap();
     let images = &generation.images;
@@ -327,6 +375,7 @@ async fn generate_lists_every_missing_adapter_before_computing() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let err = stylus.generate(&request).await.unwrap_err();
     let StylusError::MissingAdapters { adapters } = &err else {
@@ -360,6 +409,7 @@ async fn missing_stages_and_mismatched_dimensions_are_errors() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let err = stylus.generate(&request).await.unwrap_err();
     assert!(matches!(err, StylusError::MissingStage("sampler")), "{err}");
@@ -610,6 +660,7 @@ async fn generate_with_a_plan_selects_nothing_and_locates_each_adapter_once() {
         explicit_loras: vec![],
         init_latents: None,
         keep_latents: false,
+        init_image: None,
     };
     let plan = stylus
         .select_with(

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod clip_tokenizer;
+pub mod image_input;
 pub mod lora;
 pub mod models;
 pub mod png;

@@ -69,8 +69,19 @@ pub fn a1111_parameters(
     if let Some(name) = &model.name {
         fields.push(("Model", name.clone()));
     }
+    // img2img / inpainting, in A1111's order: the strength after the model, the mask settings
+    // with the extra parameters.
+    if let Some(init) = &image.init_image {
+        fields.push((
+            "Denoising strength",
+            format_number(f64::from(init.strength)),
+        ));
+    }
     if s.clip_skip > 1 {
         fields.push(("Clip skip", s.clip_skip.to_string()));
+    }
+    if let Some(mask) = image.init_image.as_ref().and_then(|i| i.mask.as_ref()) {
+        fields.push(("Mask blur", mask.blur.to_string()));
     }
     if !lora_hashes.is_empty() {
         let list: Vec<String> = lora_hashes
@@ -218,6 +229,7 @@ mod tests {
                 ..SamplingParams::default()
             },
             latents: None,
+            init_image: None,
         }
     }
 
@@ -249,6 +261,23 @@ mod tests {
             a1111_parameters(&plain, &ModelInfo::default(), &[]),
             "a castle on a hill, realistic, best quality\n\
              Steps: 35, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 16x8, Clip skip: 2"
+        );
+        let mut init = stylus_core::InitImage::new("photo.png");
+        init.strength = 0.6;
+        plain.init_image = Some(init.clone());
+        assert!(
+            a1111_parameters(&plain, &ModelInfo::default(), &[])
+                .ends_with("Size: 16x8, Denoising strength: 0.6, Clip skip: 2"),
+        );
+        init.mask = Some(stylus_core::InpaintMask {
+            path: "mask.png".into(),
+            blur: 4,
+            resize: false,
+        });
+        plain.init_image = Some(init);
+        assert!(
+            a1111_parameters(&plain, &ModelInfo::default(), &[])
+                .ends_with("Denoising strength: 0.6, Clip skip: 2, Mask blur: 4"),
         );
     }
 

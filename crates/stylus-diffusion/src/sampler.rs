@@ -14,6 +14,13 @@
 //! Initial latents may come from a safetensors file instead (one f32 tensor `latents`
 //! `[n, 4, h, w]`; the job takes rows `first_image..first_image + batch`), and they are scaled by
 //! the scheduler's `init_noise_sigma` exactly as diffusers scales the `latents` argument.
+//!
+//! img2img and inpainting ([`SampleJob::init_image`]): [`start_from_image`] fits and encodes the
+//! image and noises it to the step the strength picks, [`denoise_with`] runs the remaining steps
+//! (blending the image back outside the mask for regular UNets, or feeding mask and masked-image
+//! latents to a 9-channel inpainting UNet), and an inpainted result is pasted over the original
+//! with the blurred mask. Each image's stream draws the start noise first, then the VAE posterior
+//! samples, so strength 1 gives the txt2img image of the same seed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,10 +28,11 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use stylus_core::rng::SplitMix64;
-use stylus_core::{GeneratedImage, Result, SampleJob, Sampler, StylusError};
+use stylus_core::{GeneratedImage, InitImage, Result, SampleJob, Sampler, StylusError};
 
 use crate::checkpoint::StableDiffusion;
 use crate::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use crate::image_input;
 use crate::lora::LoraMerger;
 use crate::prompt_weights::{PromptChunk, apply_emphasis, prompt_chunks};
 use crate::schedulers::{ScheduleConfig, Scheduler, scheduler_by_name};
@@ -205,16 +213,42 @@ impl<B: Backend> Sampler for SdSampler<B> {
         let mut rngs: Vec<SplitMix64> = (0..job.batch)
             .map(|i| SplitMix64::new(job.seed.wrapping_add((job.first_image + i) as u64)))
             .collect();
-        let initial = match &job.init_latents {
-            Some(path) => read_latents(path, shape, job.first_image)?,
-            None => gaussian_latents(&mut rngs, shape.per_image()),
+        let unet_channels = model.config.unet.in_channels;
+        let (latents, options, paste) = match &job.init_image {
+            Some(init) => {
+                if job.init_latents.is_some() {
+                    return Err(StylusError::InvalidArgument(
+                        "--init-image and --latents both set the starting latents; give one".into(),
+                    ));
+                }
+                let start = start_from_image(
+                    &model,
+                    init,
+                    scheduler.as_ref(),
+                    params.steps,
+                    shape,
+                    &mut |_| gaussian_latents(&mut rngs, shape.per_image()),
+                    &self.device,
+                )?;
+                (start.latents, start.options, start.paste)
+            }
+            None => {
+                if unet_channels != shape.channels {
+                    return Err(inpaint_model_needs_mask(unet_channels));
+                }
+                let initial = match &job.init_latents {
+                    Some(path) => read_latents(path, shape, job.first_image)?,
+                    None => gaussian_latents(&mut rngs, shape.per_image()),
+                };
+                let sigma = scheduler.init_noise_sigma();
+                let latents = initial
+                    .iter()
+                    .map(|&v| (f64::from(v) * sigma) as f32)
+                    .collect();
+                (latents, DenoiseOptions::default(), None)
+            }
         };
-        let sigma = scheduler.init_noise_sigma();
-        let latents: Vec<f32> = initial
-            .iter()
-            .map(|&v| (f64::from(v) * sigma) as f32)
-            .collect();
-        let steps = scheduler.timesteps().len();
+        let steps = scheduler.timesteps().len() - options.start.min(scheduler.timesteps().len());
         let mut on_step = |step: usize, _: &[f32]| {
             if let Some(progress) = &self.progress {
                 progress(SamplingProgress {
@@ -225,7 +259,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
                 });
             }
         };
-        let latents = denoise(
+        let latents = denoise_with(
             &model,
             scheduler.as_mut(),
             &pair,
@@ -234,26 +268,229 @@ impl<B: Backend> Sampler for SdSampler<B> {
             f64::from(params.guidance_scale),
             &mut rngs,
             &self.device,
+            &options,
             &mut on_step,
         )?;
         let mut images = Vec::with_capacity(job.batch);
         for (i, image_latents) in latents.chunks(shape.per_image()).enumerate() {
             let one = LatentShape { batch: 1, ..shape };
             let decoded = decode(&model, image_latents, one, &self.device)?;
+            let mut rgb = to_rgb8(&decoded, (shape.height * factor) * (shape.width * factor));
+            if let Some((original, mask)) = &paste {
+                image_input::overlay(&mut rgb, original, &mask.soft);
+            }
             images.push(GeneratedImage {
                 width: params.width,
                 height: params.height,
-                rgb: to_rgb8(&decoded, (shape.height * factor) * (shape.width * factor)),
+                rgb,
                 seed: job.seed.wrapping_add((job.first_image + i) as u64),
                 prompt: job.prompt.clone(),
                 negative_prompt: job.negative_prompt.clone(),
                 adapters: Vec::new(),
                 sampling: params.clone(),
                 latents: job.keep_latents.then(|| image_latents.to_vec()),
+                init_image: job.init_image.clone(),
             });
         }
         Ok(images)
     }
+}
+
+fn inpaint_model_needs_mask(unet_channels: usize) -> StylusError {
+    StylusError::InvalidArgument(format!(
+        "the checkpoint's UNet takes {unet_channels} input channels: an inpainting model, which \
+         needs --init-image and --mask (or use a regular checkpoint)"
+    ))
+}
+
+/// The starting point of an img2img / inpainting job.
+#[derive(Debug, Clone)]
+pub struct ImageStart {
+    /// The initial latents (noised image, or pure noise at strength 1).
+    pub latents: Vec<f32>,
+    /// The first step and the inpainting inputs for [`denoise_with`].
+    pub options: DenoiseOptions,
+    /// The fitted init image and mask, for pasting the result over the original (inpainting).
+    pub paste: Option<(image_input::RgbImage, image_input::PreparedMask)>,
+}
+
+/// Which N(0, 1) tensor [`start_from_image`] asks for, in the order it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draw {
+    /// The noise the image is noised with (the initial latents at strength 1).
+    Noise,
+    /// The VAE posterior sample of the init image (below strength 1; always for 4-channel
+    /// inpainting).
+    ImagePosterior,
+    /// The VAE posterior sample of the masked image (9-channel inpainting).
+    MaskedImagePosterior,
+}
+
+/// diffusers' img2img / inpainting `prepare_latents` (+ `prepare_mask_latents`): loads and fits
+/// the image (and mask), VAE-encodes what is needed, and noises the image to the first step
+/// that `init.strength` picks over `steps` steps. `draw` supplies each N(0, 1) tensor
+/// (`[batch, 4, h, w]`); the sampler draws them from each image's seeded stream in [`Draw`]'s
+/// order (noise first, so strength 1 is txt2img with the same seed).
+pub fn start_from_image<B: Backend>(
+    model: &StableDiffusion<B>,
+    init: &InitImage,
+    scheduler: &dyn Scheduler,
+    steps: usize,
+    shape: LatentShape,
+    draw: &mut dyn FnMut(Draw) -> Vec<f32>,
+    device: &B::Device,
+) -> Result<ImageStart> {
+    let factor = vae_scale_factor(model);
+    init.validate()?;
+    let unet_channels = model.config.unet.in_channels;
+    let inpainting_unet = unet_channels == 2 * shape.channels + 1;
+    if !inpainting_unet && unet_channels != shape.channels {
+        return Err(StylusError::InvalidArgument(format!(
+            "the UNet takes {unet_channels} input channels; expected {} (regular) or {} \
+             (inpainting)",
+            shape.channels,
+            2 * shape.channels + 1
+        )));
+    }
+    if inpainting_unet && init.mask.is_none() {
+        return Err(inpaint_model_needs_mask(unet_channels));
+    }
+    if init.inpaint_model && !inpainting_unet {
+        return Err(StylusError::InvalidArgument(format!(
+            "--inpaint-model: the checkpoint's UNet takes {unet_channels} input channels, a \
+             regular model; an inpainting checkpoint's takes {}",
+            2 * shape.channels + 1
+        )));
+    }
+    let (width, height) = (shape.width * factor, shape.height * factor);
+    let source_size = image_input::probe(&init.path)?;
+    let image =
+        image_input::prepare_image(&init.path, width as u32, height as u32, init.resize_mode)?;
+    let planar = image.to_planar_signed();
+    let mask = init
+        .mask
+        .as_ref()
+        .map(|m| {
+            image_input::prepare_mask(
+                &m.path,
+                source_size,
+                (width as u32, height as u32),
+                init.resize_mode,
+                m.blur,
+                m.resize,
+            )
+        })
+        .transpose()?;
+    let timesteps = scheduler.timesteps().len();
+    // `get_timesteps` counts the requested steps (PNDM has one timestep more).
+    let start = crate::schedulers::img2img_start(steps, init.strength).min(timesteps);
+    let strength_max = init.strength >= 1.0;
+    let mut draw = |what: Draw| -> Result<Vec<f32>> {
+        let values = draw(what);
+        if values.len() != shape.len() {
+            return Err(StylusError::InvalidArgument(format!(
+                "{what:?}: {} values drawn for a batch of {shape:?}",
+                values.len()
+            )));
+        }
+        Ok(values)
+    };
+    let noise = draw(Draw::Noise)?;
+    // The init image's latents: the starting point below strength 1, and what 4-channel
+    // inpainting blends back outside the mask.
+    let needs_image = !strength_max || (mask.is_some() && !inpainting_unet);
+    let image_latents = if needs_image {
+        let eps = draw(Draw::ImagePosterior)?;
+        Some(encode_image_latents(model, &planar, &eps, shape, device)?)
+    } else {
+        None
+    };
+    let latents = match &image_latents {
+        Some(clean) if !strength_max && start < timesteps => {
+            scheduler.add_noise(start, clean, &noise)?
+        }
+        Some(clean) if !strength_max => clean.clone(),
+        // Strength 1: pure noise, as diffusers' inpainting pipeline starts (`is_strength_max`).
+        _ => {
+            let sigma = scheduler.init_noise_sigma();
+            noise
+                .iter()
+                .map(|&v| (f64::from(v) * sigma) as f32)
+                .collect()
+        }
+    };
+    let inpaint = match &mask {
+        None => None,
+        Some(mask) => {
+            let plane = image_input::latent_mask(&mask.binary, width, height, factor);
+            let masks: Vec<f32> = (0..shape.batch)
+                .flat_map(|_| plane.iter().copied())
+                .collect();
+            if inpainting_unet {
+                let masked = image_input::masked_planar(&planar, &mask.binary);
+                let eps = draw(Draw::MaskedImagePosterior)?;
+                Some(InpaintLatents {
+                    mask: masks,
+                    image_latents: Vec::new(),
+                    noise: Vec::new(),
+                    masked_image_latents: Some(encode_image_latents(
+                        model, &masked, &eps, shape, device,
+                    )?),
+                })
+            } else {
+                Some(InpaintLatents {
+                    mask: masks,
+                    image_latents: image_latents.clone().unwrap_or_default(),
+                    noise: noise.clone(),
+                    masked_image_latents: None,
+                })
+            }
+        }
+    };
+    let paste = mask.map(|mask| (image, mask));
+    Ok(ImageStart {
+        latents,
+        options: DenoiseOptions { start, inpaint },
+        paste,
+    })
+}
+
+/// VAE-encodes one image (planar `[3, H, W]` in [-1, 1]) and draws a posterior sample per image
+/// of the batch, `(mean + exp(logvar / 2) * eps) * scaling_factor` with `eps` `[batch, 4, h, w]`
+/// (diffusers' `latent_dist.sample() * scaling_factor`).
+pub fn encode_image_latents<B: Backend>(
+    model: &StableDiffusion<B>,
+    planar: &[f32],
+    eps: &[f32],
+    shape: LatentShape,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    let factor = vae_scale_factor(model);
+    let (height, width) = (shape.height * factor, shape.width * factor);
+    if planar.len() != 3 * height * width || eps.len() != shape.len() {
+        return Err(StylusError::InvalidArgument(format!(
+            "encode: {} pixel values and {} noise values for a batch of {shape:?}",
+            planar.len(),
+            eps.len()
+        )));
+    }
+    let input = Tensor::<B, 4>::from_data(
+        TensorData::new(planar.to_vec(), [1, 3, height, width]),
+        device,
+    );
+    let posterior = model.vae.encode(input);
+    let mean = to_host(posterior.mean)?;
+    let logvar = to_host(posterior.logvar)?;
+    let scaling = model.vae.scaling_factor as f32;
+    Ok(eps
+        .chunks(shape.per_image())
+        .flat_map(|eps| {
+            eps.iter()
+                .zip(mean.iter().zip(&logvar))
+                .map(|(&e, (&m, &lv))| (m + (0.5 * lv).exp() * e) * scaling)
+                .collect::<Vec<_>>()
+        })
+        .collect())
 }
 
 /// How many pixels one latent covers per side: 2^(VAE levels - 1), 8 for SD 1.x.
@@ -373,11 +610,64 @@ pub fn denoise<B: Backend>(
     model: &StableDiffusion<B>,
     scheduler: &mut dyn Scheduler,
     pair: &PromptPair,
+    latents: Vec<f32>,
+    shape: LatentShape,
+    guidance_scale: f64,
+    rngs: &mut [SplitMix64],
+    device: &B::Device,
+    on_step: &mut dyn FnMut(usize, &[f32]),
+) -> Result<Vec<f32>> {
+    denoise_with(
+        model,
+        scheduler,
+        pair,
+        latents,
+        shape,
+        guidance_scale,
+        rngs,
+        device,
+        &DenoiseOptions::default(),
+        on_step,
+    )
+}
+
+/// Inpainting inputs at latent resolution, per image of the batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InpaintLatents {
+    /// `[batch, 1, h, w]`: 1 = repaint.
+    pub mask: Vec<f32>,
+    /// 4-channel UNets: the init image's latents `[batch, 4, h, w]` (scaled), blended back
+    /// outside the mask after every step, re-noised to the next step's level with `noise`
+    /// (diffusers' `StableDiffusionInpaintPipeline` for `unet.in_channels == 4`).
+    pub image_latents: Vec<f32>,
+    /// The N(0, 1) noise the initial latents were made with (`[batch, 4, h, w]`).
+    pub noise: Vec<f32>,
+    /// 9-channel (inpainting) UNets: the latents of the image with the masked area grey
+    /// `[batch, 4, h, w]` (scaled), given to the UNet with the mask as extra input channels.
+    pub masked_image_latents: Option<Vec<f32>>,
+}
+
+/// Where [`denoise_with`] starts and what it conditions on besides the prompt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DenoiseOptions {
+    /// The first timestep index (img2img: [`crate::schedulers::img2img_start`]).
+    pub start: usize,
+    pub inpaint: Option<InpaintLatents>,
+}
+
+/// [`denoise`] from step `options.start` on, with inpainting inputs when given. `on_step(i, ..)`
+/// counts the steps run, from 0.
+#[allow(clippy::too_many_arguments)] // one explicit input per sampling ingredient
+pub fn denoise_with<B: Backend>(
+    model: &StableDiffusion<B>,
+    scheduler: &mut dyn Scheduler,
+    pair: &PromptPair,
     mut latents: Vec<f32>,
     shape: LatentShape,
     guidance_scale: f64,
     rngs: &mut [SplitMix64],
     device: &B::Device,
+    options: &DenoiseOptions,
     on_step: &mut dyn FnMut(usize, &[f32]),
 ) -> Result<Vec<f32>> {
     if latents.len() != shape.len() || rngs.len() != shape.batch {
@@ -388,22 +678,75 @@ pub fn denoise<B: Backend>(
             shape
         )));
     }
+    let unet_channels = model.config.unet.in_channels;
+    let plane = shape.height * shape.width;
+    let inpaint = options.inpaint.as_ref();
+    if let Some(inpaint) = inpaint {
+        let blend = inpaint.masked_image_latents.is_none();
+        let bad = inpaint.mask.len() != shape.batch * plane
+            || (blend
+                && (inpaint.image_latents.len() != shape.len()
+                    || inpaint.noise.len() != shape.len()))
+            || inpaint
+                .masked_image_latents
+                .as_ref()
+                .is_some_and(|m| m.len() != shape.len());
+        if bad {
+            return Err(StylusError::InvalidArgument(format!(
+                "denoise: inpainting inputs do not fit a batch of {shape:?}"
+            )));
+        }
+    }
+    let extra = match inpaint {
+        Some(InpaintLatents {
+            masked_image_latents: Some(_),
+            ..
+        }) => 1 + shape.channels,
+        _ => 0,
+    };
+    if unet_channels != shape.channels + extra {
+        return Err(StylusError::InvalidArgument(format!(
+            "the UNet takes {unet_channels} input channels, but {} latent channels{} are given              (an inpainting UNet takes latents + mask + masked-image latents)",
+            shape.channels,
+            if extra > 0 {
+                " + mask + masked image"
+            } else {
+                ""
+            }
+        )));
+    }
     let guided = guidance_scale > 1.0;
     let context = batch_context(pair, shape.batch, guided, device);
     let timesteps = scheduler.timesteps().to_vec();
-    for (index, &t) in timesteps.iter().enumerate() {
+    let start = options.start.min(timesteps.len());
+    let per_image = shape.per_image();
+    for (run, (index, &t)) in timesteps.iter().enumerate().skip(start).enumerate() {
         let scale = scheduler.model_input_scale(index);
         let scaled: Vec<f32> = latents
             .iter()
             .map(|&v| (f64::from(v) * scale) as f32)
             .collect();
-        let input = if guided {
-            [scaled.as_slice(), scaled.as_slice()].concat()
-        } else {
-            scaled
-        };
         let rows = if guided { 2 * shape.batch } else { shape.batch };
-        let input = Tensor::<B, 4>::from_data(TensorData::new(input, shape.dims(rows)), device);
+        let input = match inpaint.and_then(|i| i.masked_image_latents.as_ref().map(|m| (i, m))) {
+            // diffusers' `cat([scaled latents, mask, masked_image_latents], dim=1)`, the
+            // conditioning repeated for the uncond half.
+            Some((inpaint, masked)) => {
+                let mut input = Vec::with_capacity(rows * unet_channels * plane);
+                for row in 0..rows {
+                    let image = row % shape.batch;
+                    input.extend_from_slice(&scaled[image * per_image..(image + 1) * per_image]);
+                    input.extend_from_slice(&inpaint.mask[image * plane..(image + 1) * plane]);
+                    input.extend_from_slice(&masked[image * per_image..(image + 1) * per_image]);
+                }
+                input
+            }
+            None if guided => [scaled.as_slice(), scaled.as_slice()].concat(),
+            None => scaled,
+        };
+        let input = Tensor::<B, 4>::from_data(
+            TensorData::new(input, [rows, unet_channels, shape.height, shape.width]),
+            device,
+        );
         let prediction = to_host(model.unet.forward(input, t as f32, context.clone()))?;
         let noise_pred: Vec<f32> = if guided {
             let (uncond, cond) = prediction.split_at(shape.len());
@@ -419,7 +762,20 @@ pub fn denoise<B: Backend>(
             .needs_noise()
             .then(|| gaussian_latents(rngs, shape.per_image()));
         latents = scheduler.step(index, &noise_pred, &latents, noise.as_deref())?;
-        on_step(index, &latents);
+        if let Some(inpaint) = inpaint.filter(|i| i.masked_image_latents.is_none()) {
+            // Outside the mask, the image itself at the next step's noise level.
+            let known = if index + 1 < timesteps.len() {
+                scheduler.add_noise(index + 1, &inpaint.image_latents, &inpaint.noise)?
+            } else {
+                inpaint.image_latents.clone()
+            };
+            for (i, value) in latents.iter_mut().enumerate() {
+                let image = i / per_image;
+                let m = inpaint.mask[image * plane + i % plane];
+                *value = (1.0 - m) * known[i] + m * *value;
+            }
+        }
+        on_step(run, &latents);
     }
     Ok(latents)
 }

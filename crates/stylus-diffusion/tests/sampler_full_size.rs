@@ -2,12 +2,13 @@
 //! (64x64 latents, CFG batch 2) and VAE (512x512), through the `Sampler` trait with the real
 //! tokenizer. Ignored by default (about two minutes of a 2-core CPU and ~6 GB of memory); run:
 //! `cargo test -p stylus-diffusion --test sampler_full_size -- --ignored --nocapture`
-//! It prints the time per sampling step and of the whole job.
+//! It prints the time per sampling step and of the whole job, then of one img2img step from the
+//! generated image (VAE encode + 1 of 2 steps at strength 0.5 + decode).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use stylus_core::{SampleJob, Sampler, SamplingParams};
+use stylus_core::{InitImage, SampleJob, Sampler, SamplingParams};
 use stylus_diffusion::backend::{CpuBackend, cpu_device};
 use stylus_diffusion::clip_tokenizer::ClipTokenizer;
 use stylus_diffusion::models::clip::ClipTextConfig;
@@ -56,6 +57,7 @@ fn full_size_sd15_txt2img_runs_on_cpu() {
         },
         init_latents: None,
         keep_latents: true,
+        init_image: None,
     };
     let started = Instant::now();
     step_times.lock().unwrap()[0] = started;
@@ -73,6 +75,37 @@ fn full_size_sd15_txt2img_runs_on_cpu() {
     assert_eq!(images.len(), 1);
     assert_eq!(images[0].rgb.len(), 512 * 512 * 3);
     assert_eq!(images[0].latents.as_ref().unwrap().len(), 4 * 64 * 64);
+    assert!(
+        images[0]
+            .latents
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite())
+    );
+    drop(times);
+
+    // img2img from the image just made: strength 0.5 of 2 steps = one UNet step.
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("photo.png");
+    stylus_diffusion::png::write_png(&photo, &images[0], "").unwrap();
+    let mut init = InitImage::new(&photo);
+    init.strength = 0.5;
+    let img2img = SampleJob {
+        init_image: Some(init),
+        ..job
+    };
+    let started = Instant::now();
+    step_times.lock().unwrap().truncate(0);
+    let images = sampler.sample(&img2img).unwrap();
+    let total = started.elapsed().as_secs_f64();
+    eprintln!(
+        "img2img 512x512, strength 0.5 of 2 steps: {} UNet step(s), whole job {total:.1} s \
+         (VAE encode and decode included)",
+        step_times.lock().unwrap().len()
+    );
+    assert_eq!(step_times.lock().unwrap().len(), 1);
+    assert_eq!(images[0].rgb.len(), 512 * 512 * 3);
     assert!(
         images[0]
             .latents

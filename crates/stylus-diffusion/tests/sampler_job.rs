@@ -46,6 +46,7 @@ fn job(sampler: &str, batch: usize, first_image: usize) -> SampleJob {
         },
         init_latents: None,
         keep_latents: true,
+        init_image: None,
     }
 }
 

@@ -5,6 +5,7 @@ use stylus_core::Result;
 
 use super::{
     ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, check_lengths, check_steps,
+    index_error,
 };
 
 /// Deterministic DDIM.
@@ -36,6 +37,14 @@ impl DdimScheduler {
 impl Scheduler for DdimScheduler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+        let t = *self
+            .integer_timesteps
+            .get(index)
+            .ok_or_else(|| index_error(index, self.integer_timesteps.len()))?;
+        self.schedule.add_noise_at(t, original, noise)
     }
 
     fn step(

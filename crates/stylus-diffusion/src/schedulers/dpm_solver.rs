@@ -7,7 +7,7 @@ use stylus_core::Result;
 
 use super::{
     ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, check_lengths, check_steps,
-    linspace_at, trailing,
+    index_error, linspace_at, trailing,
 };
 
 /// Karras et al.'s rho.
@@ -92,6 +92,21 @@ impl Scheduler for DpmSolverMultistepScheduler {
 
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    /// `alpha_t * original + sigma_t * noise` at the step's sigma (diffusers' DPM-Solver
+    /// `add_noise`, which reads its own sigma table, Karras or not).
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+        if index >= self.timesteps.len() {
+            return Err(index_error(index, self.timesteps.len()));
+        }
+        check_lengths(original, original, Some(noise))?;
+        let (alpha_t, sigma_t, _) = alpha_sigma_lambda(self.sigmas[index]);
+        Ok(original
+            .iter()
+            .zip(noise)
+            .map(|(&x, &z)| (alpha_t * f64::from(x) + sigma_t * f64::from(z)) as f32)
+            .collect())
     }
 
     fn step(

@@ -4,8 +4,8 @@
 use stylus_core::{Result, StylusError};
 
 use super::{
-    ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, check_lengths, check_steps,
-    linspace_at, trailing,
+    ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, add_sigma_noise, check_lengths,
+    check_steps, index_error, linspace_at, trailing,
 };
 
 /// Fractional timesteps and their sigmas (plus a final 0), as float32 values like diffusers.
@@ -107,6 +107,17 @@ impl Scheduler for EulerScheduler {
 
     fn needs_noise(&self) -> bool {
         self.ancestral
+    }
+
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+        let len = self.schedule.timesteps.len();
+        let sigma = *self
+            .schedule
+            .sigmas
+            .get(index)
+            .filter(|_| index < len)
+            .ok_or_else(|| index_error(index, len))?;
+        add_sigma_noise(sigma, original, noise)
     }
 
     fn step(

@@ -152,6 +152,19 @@ impl TrainSchedule {
         (1.0 - w) * low as f64 + w * (low + 1) as f64
     }
 
+    /// `sqrt(a) * original + sqrt(1 - a) * noise` with `a = alphas_cumprod[t]` (diffusers'
+    /// `DDIMScheduler.add_noise` / `PNDMScheduler.add_noise`).
+    fn add_noise_at(&self, t: i64, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+        check_lengths(original, original, Some(noise))?;
+        let alpha = self.alphas_cumprod[t.clamp(0, self.num_train_timesteps as i64 - 1) as usize];
+        let (a, b) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+        Ok(original
+            .iter()
+            .zip(noise)
+            .map(|(&x, &z)| (a * f64::from(x) + b * f64::from(z)) as f32)
+            .collect())
+    }
+
     /// Integer inference timesteps (DDIM, PNDM, DPM-Solver), as diffusers computes them.
     fn integer_timesteps(&self, spacing: TimestepSpacing, steps: usize, offset: usize) -> Vec<i64> {
         let n = self.num_train_timesteps;
@@ -241,6 +254,11 @@ pub trait Scheduler: Send + std::fmt::Debug {
         false
     }
 
+    /// `original` (clean latents) noised to the level of timestep `index` with N(0, 1) `noise`
+    /// (diffusers' `add_noise` at `timesteps[index]`, the begin index for img2img). `index` may be
+    /// at most `timesteps().len() - 1`.
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32]) -> Result<Vec<f32>>;
+
     /// The latents after step `index`, from the noise prediction at that step. `noise` is
     /// required when [`Scheduler::needs_noise`].
     fn step(
@@ -250,6 +268,32 @@ pub trait Scheduler: Send + std::fmt::Debug {
         sample: &[f32],
         noise: Option<&[f32]>,
     ) -> Result<Vec<f32>>;
+}
+
+/// `original + sigma * noise` (the k-diffusion form of `add_noise`, Euler's).
+fn add_sigma_noise(sigma: f64, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+    check_lengths(original, original, Some(noise))?;
+    Ok(original
+        .iter()
+        .zip(noise)
+        .map(|(&x, &z)| (f64::from(x) + sigma * f64::from(z)) as f32)
+        .collect())
+}
+
+/// The first step index of img2img at `strength` over `steps` steps: diffusers'
+/// `get_timesteps` (`steps - min(floor(steps * strength), steps)`; all our schedulers have order
+/// 1). The strength is read as the decimal the user wrote (0.7, not the f32 0.69999999), as
+/// diffusers receives a Python float.
+pub fn img2img_start(steps: usize, strength: f32) -> usize {
+    let strength: f64 = strength.to_string().parse().unwrap_or(f64::from(strength));
+    let init = ((steps as f64 * strength).floor().max(0.0) as usize).min(steps);
+    steps - init
+}
+
+fn index_error(index: usize, len: usize) -> StylusError {
+    StylusError::InvalidArgument(format!(
+        "add_noise: timestep index {index} out of range (the schedule has {len} timesteps)"
+    ))
 }
 
 /// The sampler names accepted by [`scheduler_by_name`] (A1111 names in parentheses):
@@ -307,6 +351,30 @@ mod tests {
         for name in SCHEDULER_NAMES {
             assert!(
                 scheduler_by_name(name, &ScheduleConfig::sd15(), 0).is_err(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn img2img_start_reads_the_strength_as_written() {
+        // Python: int(10 * 0.7) = 7 (the f32 0.7 is 0.699999988: 6 would start one step late).
+        assert_eq!(img2img_start(10, 0.7), 3);
+        assert_eq!(img2img_start(10, 1.0), 0);
+        assert_eq!(img2img_start(10, 0.0), 10);
+        assert_eq!(img2img_start(4, 0.5), 2);
+        assert_eq!(img2img_start(3, 0.3), 3);
+    }
+
+    #[test]
+    fn add_noise_refuses_an_index_past_the_schedule() {
+        let config = ScheduleConfig::sd15();
+        for name in SCHEDULER_NAMES {
+            let scheduler = scheduler_by_name(name, &config, 4).unwrap();
+            let len = scheduler.timesteps().len();
+            assert!(scheduler.add_noise(len, &[0.0], &[0.0]).is_err(), "{name}");
+            assert!(
+                scheduler.add_noise(len - 1, &[0.0], &[1.0]).is_ok(),
                 "{name}"
             );
         }

@@ -6,6 +6,7 @@ use stylus_core::Result;
 
 use super::{
     ScheduleConfig, Scheduler, TimestepSpacing, TrainSchedule, check_lengths, check_steps,
+    index_error,
 };
 
 /// PLMS.
@@ -58,6 +59,14 @@ impl PndmScheduler {
 impl Scheduler for PndmScheduler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32]) -> Result<Vec<f32>> {
+        let t = *self
+            .integer_timesteps
+            .get(index)
+            .ok_or_else(|| index_error(index, self.integer_timesteps.len()))?;
+        self.schedule.add_noise_at(t, original, noise)
     }
 
     fn step(
