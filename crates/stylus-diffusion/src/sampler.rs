@@ -91,6 +91,10 @@ pub struct SamplingProgress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(SamplingProgress) + Send + Sync>;
 
+/// Asked before the merge, after every model evaluation and before each decode: `true` stops
+/// the job with [`StylusError::Cancelled`] (a server's interrupt or a closed connection).
+pub type InterruptFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// txt2img on an SD model; with a [`LoraMerger`], each job renders with its own adapter set
 /// ([`SampleJob::adapters`]) merged for it alone ([`LoraMerger::models_for`]): merge and sample
 /// are one step, and concurrent jobs never see each other's LoRAs.
@@ -103,6 +107,7 @@ pub struct SdSampler<B: Backend> {
     schedule: ScheduleConfig,
     device: B::Device,
     progress: Option<ProgressFn>,
+    interrupt: Option<InterruptFn>,
 }
 
 impl<B: Backend> std::fmt::Debug for SdSampler<B> {
@@ -111,6 +116,7 @@ impl<B: Backend> std::fmt::Debug for SdSampler<B> {
             .field("schedule", &self.schedule)
             .field("merger", &self.merger.is_some())
             .field("progress", &self.progress.is_some())
+            .field("interrupt", &self.interrupt.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +135,7 @@ impl<B: Backend> SdSampler<B> {
             schedule: ScheduleConfig::sd15(),
             device,
             progress: None,
+            interrupt: None,
         }
     }
 
@@ -149,6 +156,21 @@ impl<B: Backend> SdSampler<B> {
     pub fn with_progress(mut self, progress: ProgressFn) -> Self {
         self.progress = Some(progress);
         self
+    }
+
+    /// Stops a job when `interrupt` returns `true` (see [`InterruptFn`]).
+    pub fn with_interrupt(mut self, interrupt: InterruptFn) -> Self {
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    fn check_interrupt(&self) -> Result<()> {
+        match &self.interrupt {
+            Some(interrupted) if interrupted() => {
+                Err(StylusError::Cancelled("the render was interrupted".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The model for one job: the base networks with the job's adapters merged in (clones share
@@ -190,6 +212,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
         let params = &job.sampling;
         // Checked before any merge.
         params.validate()?;
+        self.check_interrupt()?;
         let model = self.job_model(job)?;
         let factor = vae_scale_factor(&model);
         let shape = latent_shape(job, factor, model.config.vae.latent_channels)?;
@@ -224,6 +247,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
                     steps,
                 });
             }
+            self.check_interrupt()
         };
         let latents = denoise(
             &model,
@@ -238,6 +262,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
         )?;
         let mut images = Vec::with_capacity(job.batch);
         for (i, image_latents) in latents.chunks(shape.per_image()).enumerate() {
+            self.check_interrupt()?;
             let one = LatentShape { batch: 1, ..shape };
             let decoded = decode(&model, image_latents, one, &self.device)?;
             images.push(GeneratedImage {
@@ -367,7 +392,8 @@ pub fn encode_chunk_pair<B: Backend>(
 /// Runs every step of `scheduler` from `latents` (already scaled by `init_noise_sigma`) and
 /// returns the final latents. `guidance_scale > 1` batches `[uncond, cond]` in one UNet call per
 /// step; otherwise only the prompt is evaluated (as diffusers does). `rngs` (one per image)
-/// supply ancestral noise. `on_step(i, latents)` sees the latents after step `i`.
+/// supply ancestral noise. `on_step(i, latents)` sees the latents after step `i`; an error from
+/// it stops the loop (an interrupt) and is returned.
 #[allow(clippy::too_many_arguments)] // one explicit input per sampling ingredient
 pub fn denoise<B: Backend>(
     model: &StableDiffusion<B>,
@@ -378,7 +404,7 @@ pub fn denoise<B: Backend>(
     guidance_scale: f64,
     rngs: &mut [SplitMix64],
     device: &B::Device,
-    on_step: &mut dyn FnMut(usize, &[f32]),
+    on_step: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<Vec<f32>> {
     if latents.len() != shape.len() || rngs.len() != shape.batch {
         return Err(StylusError::InvalidArgument(format!(
@@ -419,7 +445,7 @@ pub fn denoise<B: Backend>(
             .needs_noise()
             .then(|| gaussian_latents(rngs, shape.per_image()));
         latents = scheduler.step(index, &noise_pred, &latents, noise.as_deref())?;
-        on_step(index, &latents);
+        on_step(index, &latents)?;
     }
     Ok(latents)
 }
