@@ -333,6 +333,16 @@ async fn txt2img_answers_like_a1111_and_a_repeated_adapter_set_does_not_merge() 
         );
     }
 
+    // `stylus: true` selects adapters from the catalog (the bundled one here); their files are
+    // not in this server's LoRA folder, so the answer lists what to download.
+    let mut selecting = txt2img("a corgi wearing a cowboy hat, watercolor", 1);
+    selecting["stylus"] = json!(true);
+    let missing = server.post("/sdapi/v1/txt2img", &selecting).await;
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"], "MissingAdapters");
+    assert!(body["detail"].as_str().unwrap().contains("corgi"), "{body}");
+
     // A random seed (-1) is drawn and reported.
     let random: Value = server
         .post("/sdapi/v1/txt2img", &txt2img("a castle", -1))
