@@ -21,11 +21,14 @@
 //! loads an SD 1.5 checkpoint on a [`render::Device`]).
 //!
 //! Cargo features: `llm` (the LLM composer and every OpenAI-compatible client), `bert` (stores
-//! embedded with MiniLM), `cuda` and `wgpu` (GPU backends). The default is `llm` + `bert` on
-//! CPU; the `stylus` binary needs both.
+//! embedded with MiniLM), `serve` (the HTTP service, [`serve`]), `cuda` and `wgpu` (GPU
+//! backends). The default is `llm` + `bert` + `serve` on CPU; the `stylus` binary needs all
+//! three.
 
 pub mod catalog;
 pub mod render;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

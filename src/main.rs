@@ -86,6 +86,8 @@ enum Command {
     Fetch(commands::fetch::Args),
     /// The adapter cache: list, prune (evict to the size limit), verify (re-hash).
     Cache(commands::cache::Args),
+    /// Serve the pipeline over HTTP: the AUTOMATIC1111 API subset and Stylus' endpoints.
+    Serve(commands::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -154,6 +156,7 @@ fn run(cli: Cli) -> Result<(), StylusError> {
         Command::Bench(args) => commands::bench::run(args, &config),
         Command::Fetch(args) => commands::fetch::run(args, &config),
         Command::Cache(args) => commands::cache::run(args, &config),
+        Command::Serve(args) => commands::serve::run(args, &config),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod info;
 pub mod merge;
 pub mod retrieve;
 pub mod select;
+pub mod serve;
 
 use std::sync::OnceLock;
 

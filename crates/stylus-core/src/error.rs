@@ -109,6 +109,10 @@ pub enum StylusError {
     #[error("pipeline is missing its {0}; configure it with the builder")]
     MissingStage(&'static str),
 
+    /// The caller stopped the work (an interrupt, a closed connection, a passed deadline).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+
     /// Selected adapters whose files the locator did not find: every one of them, found before
     /// any compute starts, so the user downloads them in one go.
     #[error(

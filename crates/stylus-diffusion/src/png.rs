@@ -108,6 +108,21 @@ pub fn a1111_parameters(
 
 /// Writes an 8-bit RGB PNG with a `parameters` tEXt chunk.
 pub fn write_png(path: &Path, image: &GeneratedImage, parameters: &str) -> Result<()> {
+    check_rgb(path, image)?;
+    let file = std::fs::File::create(path).map_err(|e| StylusError::io(path, e))?;
+    encode(std::io::BufWriter::new(file), path, image, parameters)
+}
+
+/// The PNG [`write_png`] writes, in memory (what a server sends).
+pub fn encode_png(image: &GeneratedImage, parameters: &str) -> Result<Vec<u8>> {
+    let label = Path::new("<png in memory>");
+    check_rgb(label, image)?;
+    let mut bytes = Vec::new();
+    encode(&mut bytes, label, image, parameters)?;
+    Ok(bytes)
+}
+
+fn check_rgb(path: &Path, image: &GeneratedImage) -> Result<()> {
     let expected = image.width as usize * image.height as usize * 3;
     if image.rgb.len() != expected {
         return Err(StylusError::InvalidArgument(format!(
@@ -118,9 +133,17 @@ pub fn write_png(path: &Path, image: &GeneratedImage, parameters: &str) -> Resul
             image.height
         )));
     }
+    Ok(())
+}
+
+fn encode(
+    out: impl std::io::Write,
+    path: &Path,
+    image: &GeneratedImage,
+    parameters: &str,
+) -> Result<()> {
     let png_error = |e: ::png::EncodingError| StylusError::io(path, std::io::Error::other(e));
-    let file = std::fs::File::create(path).map_err(|e| StylusError::io(path, e))?;
-    let mut encoder = ::png::Encoder::new(std::io::BufWriter::new(file), image.width, image.height);
+    let mut encoder = ::png::Encoder::new(out, image.width, image.height);
     encoder.set_color(::png::ColorType::Rgb);
     encoder.set_depth(::png::BitDepth::Eight);
     // tEXt is Latin-1; prompts are often not, so non-Latin-1 text goes into an iTXt chunk (UTF-8),

@@ -99,6 +99,10 @@ pub struct SamplingProgress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(SamplingProgress) + Send + Sync>;
 
+/// Asked before the merge, after every model evaluation and before each decode: `true` stops
+/// the job with [`StylusError::Cancelled`] (a server's interrupt or a closed connection).
+pub type InterruptFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// txt2img on an SD model; with a [`LoraMerger`], each job renders with its own adapter set
 /// ([`SampleJob::adapters`]) merged for it alone ([`LoraMerger::models_for`]): merge and sample
 /// are one step, and concurrent jobs never see each other's LoRAs.
@@ -111,6 +115,7 @@ pub struct SdSampler<B: Backend> {
     schedule: ScheduleConfig,
     device: B::Device,
     progress: Option<ProgressFn>,
+    interrupt: Option<InterruptFn>,
 }
 
 impl<B: Backend> std::fmt::Debug for SdSampler<B> {
@@ -119,6 +124,7 @@ impl<B: Backend> std::fmt::Debug for SdSampler<B> {
             .field("schedule", &self.schedule)
             .field("merger", &self.merger.is_some())
             .field("progress", &self.progress.is_some())
+            .field("interrupt", &self.interrupt.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +143,7 @@ impl<B: Backend> SdSampler<B> {
             schedule: ScheduleConfig::sd15(),
             device,
             progress: None,
+            interrupt: None,
         }
     }
 
@@ -157,6 +164,21 @@ impl<B: Backend> SdSampler<B> {
     pub fn with_progress(mut self, progress: ProgressFn) -> Self {
         self.progress = Some(progress);
         self
+    }
+
+    /// Stops a job when `interrupt` returns `true` (see [`InterruptFn`]).
+    pub fn with_interrupt(mut self, interrupt: InterruptFn) -> Self {
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    fn check_interrupt(&self) -> Result<()> {
+        match &self.interrupt {
+            Some(interrupted) if interrupted() => {
+                Err(StylusError::Cancelled("the render was interrupted".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The model for one job: the base networks with the job's adapters merged in (clones share
@@ -198,6 +220,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
         let params = &job.sampling;
         // Checked before any merge.
         params.validate()?;
+        self.check_interrupt()?;
         let model = self.job_model(job)?;
         let factor = vae_scale_factor(&model);
         let shape = latent_shape(job, factor, model.config.vae.latent_channels)?;
@@ -258,6 +281,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
                     steps,
                 });
             }
+            self.check_interrupt()
         };
         let latents = denoise_with(
             &model,
@@ -273,6 +297,7 @@ impl<B: Backend> Sampler for SdSampler<B> {
         )?;
         let mut images = Vec::with_capacity(job.batch);
         for (i, image_latents) in latents.chunks(shape.per_image()).enumerate() {
+            self.check_interrupt()?;
             let one = LatentShape { batch: 1, ..shape };
             let decoded = decode(&model, image_latents, one, &self.device)?;
             let mut rgb = to_rgb8(&decoded, (shape.height * factor) * (shape.width * factor));
@@ -604,7 +629,8 @@ pub fn encode_chunk_pair<B: Backend>(
 /// Runs every step of `scheduler` from `latents` (already scaled by `init_noise_sigma`) and
 /// returns the final latents. `guidance_scale > 1` batches `[uncond, cond]` in one UNet call per
 /// step; otherwise only the prompt is evaluated (as diffusers does). `rngs` (one per image)
-/// supply ancestral noise. `on_step(i, latents)` sees the latents after step `i`.
+/// supply ancestral noise. `on_step(i, latents)` sees the latents after step `i`; an error from
+/// it stops the loop (an interrupt) and is returned.
 #[allow(clippy::too_many_arguments)] // one explicit input per sampling ingredient
 pub fn denoise<B: Backend>(
     model: &StableDiffusion<B>,
@@ -615,7 +641,7 @@ pub fn denoise<B: Backend>(
     guidance_scale: f64,
     rngs: &mut [SplitMix64],
     device: &B::Device,
-    on_step: &mut dyn FnMut(usize, &[f32]),
+    on_step: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<Vec<f32>> {
     denoise_with(
         model,
@@ -668,7 +694,7 @@ pub fn denoise_with<B: Backend>(
     rngs: &mut [SplitMix64],
     device: &B::Device,
     options: &DenoiseOptions,
-    on_step: &mut dyn FnMut(usize, &[f32]),
+    on_step: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<Vec<f32>> {
     if latents.len() != shape.len() || rngs.len() != shape.batch {
         return Err(StylusError::InvalidArgument(format!(
@@ -706,7 +732,8 @@ pub fn denoise_with<B: Backend>(
     };
     if unet_channels != shape.channels + extra {
         return Err(StylusError::InvalidArgument(format!(
-            "the UNet takes {unet_channels} input channels, but {} latent channels{} are given              (an inpainting UNet takes latents + mask + masked-image latents)",
+            "the UNet takes {unet_channels} input channels, but {} latent channels{} are given \
+             (an inpainting UNet takes latents + mask + masked-image latents)",
             shape.channels,
             if extra > 0 {
                 " + mask + masked image"
@@ -775,7 +802,7 @@ pub fn denoise_with<B: Backend>(
                 *value = (1.0 - m) * known[i] + m * *value;
             }
         }
-        on_step(run, &latents);
+        on_step(run, &latents)?;
     }
     Ok(latents)
 }

@@ -166,6 +166,7 @@ fn img2img_and_inpainting_match_diffusers_pipelines() {
             &mut |step, latents| {
                 let reference = &reference_steps[step * shape.len()..(step + 1) * shape.len()];
                 errors.push(relative_l2(latents, reference));
+                Ok(())
             },
         )
         .unwrap();

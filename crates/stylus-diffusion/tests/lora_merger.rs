@@ -216,3 +216,40 @@ fn merger_trait_uses_the_adapter_weight_for_both_networks() {
     assert_eq!(report.adapters[0].format, "kohya_lora");
     assert_matches_reference(&merger.active(), "kohya_lora", 1e-5);
 }
+
+#[test]
+fn cached_sets_are_not_merged_again_and_render_the_same_parameters() {
+    let a = [strength("kohya_lora.safetensors", 0.8)];
+    let b = [strength("peft.safetensors", -0.5)];
+
+    // No budget: only the active set is kept, so A, B, A merges three times.
+    let plain = merger(DType::F32);
+    for set in [&a[..], &b[..], &a[..], &a[..]] {
+        plain.models_for(set).unwrap();
+    }
+    let stats = plain.cache_stats();
+    assert_eq!((stats.merges, stats.hits, stats.sets), (3, 1, 1));
+
+    // A budget for both: A and B merge once each, every later job is a hit.
+    let cached = merger(DType::F32).with_cache_budget(64 << 20);
+    let first_a = snapshot(&cached.models_for(&a).unwrap());
+    let first_b = snapshot(&cached.models_for(&b).unwrap());
+    assert_eq!(snapshot(&cached.models_for(&a).unwrap()), first_a);
+    assert_eq!(snapshot(&cached.models_for(&b).unwrap()), first_b);
+    let stats = cached.cache_stats();
+    assert_eq!((stats.merges, stats.hits, stats.sets), (2, 2, 3));
+    assert!(stats.bytes > 0);
+    // The empty set (the base) is still held, and costs nothing beyond the base.
+    assert_eq!(
+        snapshot(&cached.models_for(&[]).unwrap()),
+        snapshot(&cached.base())
+    );
+    assert_eq!(cached.cache_stats().merges, 2);
+
+    // A budget smaller than one set keeps only the active one.
+    let tight = merger(DType::F32).with_cache_budget(1);
+    for set in [&a[..], &b[..], &a[..]] {
+        tight.models_for(set).unwrap();
+    }
+    assert_eq!(tight.cache_stats().merges, 3);
+}

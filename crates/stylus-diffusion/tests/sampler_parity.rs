@@ -115,6 +115,7 @@ fn trajectories_match_diffusers_pipeline() {
             &mut |step, latents| {
                 let reference = &reference_steps[step * shape.len()..(step + 1) * shape.len()];
                 errors.push(relative_l2(latents, reference));
+                Ok(())
             },
         )
         .unwrap();

@@ -45,14 +45,36 @@ pub struct ActiveModels<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
 }
 
+/// One merged adapter set kept for reuse.
+#[derive(Debug)]
+struct MergedSet<B: Backend> {
+    set: Vec<AdapterStrength>,
+    models: ActiveModels<B>,
+    /// Bytes of the parameters the merge replaced (at f32); the rest shares the base's storage.
+    bytes: usize,
+}
+
 #[derive(Debug)]
 struct MergerState<B: Backend> {
     base: ActiveModels<B>,
-    active: ActiveModels<B>,
-    /// The adapter set `active` holds (empty: the base).
-    active_set: Vec<AdapterStrength>,
+    /// Merged sets, least recently used first; the last one is the active set. Never empty: the
+    /// base (the empty set) starts as the active one.
+    merged: Vec<MergedSet<B>>,
     /// Parsed adapters by path: switching masks re-merges, it does not re-read files.
     parsed: HashMap<PathBuf, Arc<LoraAdapter>>,
+}
+
+/// What the merged-set cache did since the merger was made (for a server's metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCacheStats {
+    /// Merges computed (cache misses of [`LoraMerger::models_for`], and every [`LoraMerger::merge`]).
+    pub merges: u64,
+    /// Jobs whose adapter set was already merged.
+    pub hits: u64,
+    /// Merged sets held now (the active one included).
+    pub sets: usize,
+    /// Bytes they hold beyond the base.
+    pub bytes: usize,
 }
 
 /// Merges weighted LoRA sets into a copy of a base UNet + text encoder (see the module docs).
@@ -61,7 +83,11 @@ pub struct LoraMerger<B: Backend> {
     table: TargetTable,
     device: B::Device,
     options: ParseOptions,
+    /// Bytes of merged sets kept beyond the active one (0: only the active set is kept).
+    cache_budget: usize,
     state: Mutex<MergerState<B>>,
+    merges: std::sync::atomic::AtomicU64,
+    hits: std::sync::atomic::AtomicU64,
 }
 
 impl<B: Backend> LoraMerger<B> {
@@ -83,12 +109,38 @@ impl<B: Backend> LoraMerger<B> {
             table,
             device: device.clone(),
             options: ParseOptions::default(),
+            cache_budget: 0,
             state: Mutex::new(MergerState {
-                active: base.clone(),
-                active_set: Vec::new(),
+                merged: vec![MergedSet {
+                    set: Vec::new(),
+                    models: base.clone(),
+                    bytes: 0,
+                }],
                 base,
                 parsed: HashMap::new(),
             }),
+            merges: Default::default(),
+            hits: Default::default(),
+        }
+    }
+
+    /// Keeps merged adapter sets besides the active one, least recently used evicted first,
+    /// while the bytes their merged parameters hold stay within `bytes` (a server that sees the
+    /// same few sets again and again then merges each once).
+    pub fn with_cache_budget(mut self, bytes: usize) -> Self {
+        self.cache_budget = bytes;
+        self
+    }
+
+    /// Merges, cache hits and what the cache holds.
+    pub fn cache_stats(&self) -> MergeCacheStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.lock();
+        MergeCacheStats {
+            merges: self.merges.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            sets: state.merged.len(),
+            bytes: state.merged.iter().map(|m| m.bytes).sum(),
         }
     }
 
@@ -105,7 +157,7 @@ impl<B: Backend> LoraMerger<B> {
 
     /// The models with the current adapter set (cheap clones sharing storage).
     pub fn active(&self) -> ActiveModels<B> {
-        self.lock().active.clone()
+        self.lock().active().models.clone()
     }
 
     /// The base models (cheap clones sharing storage).
@@ -136,10 +188,14 @@ impl<B: Backend> LoraMerger<B> {
     /// without merging when the next job asks for it again).
     pub fn models_for(&self, adapters: &[AdapterStrength]) -> Result<ActiveModels<B>> {
         let mut state = self.lock();
-        if state.active_set.as_slice() != adapters {
+        if let Some(index) = state.merged.iter().position(|m| m.set == adapters) {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let hit = state.merged.remove(index);
+            state.merged.push(hit);
+        } else {
             self.merge_locked(&mut state, adapters)?;
         }
-        Ok(state.active.clone())
+        Ok(state.active().models.clone())
     }
 
     /// Makes `adapters` the active set, replacing the previous one. On error the previous set
@@ -204,8 +260,27 @@ impl<B: Backend> LoraMerger<B> {
                 ),
             });
         }
-        state.active = ActiveModels { text_encoder, unet };
-        state.active_set = adapters.to_vec();
+        self.merges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = merged
+            .iter()
+            .map(|m| {
+                let bias = m.bias.as_ref().map_or(0, |b| b.shape().num_elements());
+                (m.weight.shape().num_elements() + bias) * size_of::<f32>()
+            })
+            .sum();
+        state.merged.retain(|m| m.set != adapters);
+        state.merged.push(MergedSet {
+            set: adapters.to_vec(),
+            models: ActiveModels { text_encoder, unet },
+            bytes,
+        });
+        // Evict the least recently used sets (never the active one) down to the budget.
+        let active_bytes = bytes;
+        let mut kept: usize = state.merged.iter().map(|m| m.bytes).sum::<usize>() - active_bytes;
+        while kept > self.cache_budget && state.merged.len() > 1 {
+            kept -= state.merged.remove(0).bytes;
+        }
 
         Ok(MergeReport {
             adapters: parsed
@@ -220,6 +295,14 @@ impl<B: Backend> LoraMerger<B> {
             touched_parameters: written,
             millis: started.elapsed().as_secs_f64() * 1000.0,
         })
+    }
+}
+
+impl<B: Backend> MergerState<B> {
+    fn active(&self) -> &MergedSet<B> {
+        self.merged
+            .last()
+            .expect("the merged sets always hold the active one")
     }
 }
 

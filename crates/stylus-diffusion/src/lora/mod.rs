@@ -29,6 +29,6 @@ pub use adapter::{AdapterKind, AdapterModule, Dora, DoraAxis, Factor, KronFactor
 pub use base_model::{BaseModelGuess, check_base_model, guess_base_model};
 pub use file::TensorFile;
 pub use merge::{MergedWeight, ScaledAdapter, merge_targets};
-pub use merger::{ActiveModels, AdapterStrength, LoraMerger};
+pub use merger::{ActiveModels, AdapterStrength, LoraMerger, MergeCacheStats};
 pub use parse::{ParseOptions, load_adapter, parse_adapter};
 pub use targets::{LayerKind, Network, TargetModule, TargetTable};

@@ -1,0 +1,906 @@
+//! `stylus serve` over real HTTP on loopback (reqwest as the client), with the tiny random-weight
+//! SD model (widened to CLIP's vocabulary) and LoRA fixtures in a temporary `--lora-dir`.
+#![cfg(feature = "serve")]
+
+#[path = "../crates/stylus-diffusion/tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use stylus::render::Device;
+use stylus::serve::{Limits, ServeOptions, Server, Setup};
+use stylus::{Source, Stylus, StylusConfig};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/stylus-diffusion/tests/fixtures")
+        .join(path)
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<stylus::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// Stops the server and waits for it to return.
+    async fn stop(mut self) {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A server with the tiny model (when `render`) and three LoRAs in its folder.
+async fn start(options: ServeOptions, render: bool) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let loras = dir.path().join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    for name in ["kohya_lora", "peft", "lokr"] {
+        let file = format!("{name}.safetensors");
+        std::fs::copy(fixture(&format!("lora/{file}")), loras.join(&file)).unwrap();
+    }
+    let checkpoint = render.then(|| {
+        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir.path())
+    });
+    let setup = Setup {
+        config: StylusConfig::default(),
+        index: None,
+        checkpoint,
+        device: Device::Cpu,
+        lora_dir: Some(loras),
+    };
+    let server = tokio::task::spawn_blocking(move || Server::build(setup, options))
+        .await
+        .unwrap()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(listener, async move {
+        let _ = signal.await;
+    }));
+    TestServer {
+        addr,
+        client: reqwest::Client::new(),
+        shutdown: Some(shutdown),
+        handle,
+        _dir: dir,
+    }
+}
+
+/// A small, fast txt2img request.
+fn txt2img(prompt: &str, seed: i64) -> Value {
+    json!({
+        "prompt": prompt,
+        "negative_prompt": "blurry",
+        "steps": 3,
+        "cfg_scale": 5.0,
+        "sampler_name": "Euler a",
+        "seed": seed,
+        "width": 16,
+        "height": 16,
+        "batch_size": 2,
+        "n_iter": 1,
+    })
+}
+
+/// A render that runs until interrupted (1000 steps).
+fn long_txt2img() -> Value {
+    json!({
+        "prompt": "a very long render",
+        "steps": 1000,
+        "cfg_scale": 5.0,
+        "sampler_name": "Euler",
+        "seed": 1,
+        "width": 32,
+        "height": 32,
+        "batch_size": 2,
+    })
+}
+
+fn long_options() -> ServeOptions {
+    ServeOptions {
+        limits: Limits {
+            max_steps: 1000,
+            ..Limits::default()
+        },
+        ..ServeOptions::default()
+    }
+}
+
+/// The value of an unlabelled metric line, or of one with exactly these labels.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `condition` on the progress document (bounded: 60 s).
+async fn wait_for_progress(server: &TestServer, condition: impl Fn(&Value) -> bool) {
+    let started = Instant::now();
+    loop {
+        let progress: Value = server.get("/sdapi/v1/progress").await.json().await.unwrap();
+        if condition(&progress) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "progress never got there: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn images(body: &Value) -> Vec<String> {
+    body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a1111_listing_endpoints_and_probes_answer() {
+    let server = start(ServeOptions::default(), true).await;
+
+    let loras: Value = server.get("/sdapi/v1/loras").await.json().await.unwrap();
+    let names: Vec<&str> = loras
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kohya_lora", "lokr", "peft"]);
+    // The folder's layout stays private: paths are relative to it.
+    assert_eq!(loras[0]["path"], "kohya_lora.safetensors");
+
+    let models: Value = server
+        .get("/sdapi/v1/sd-models")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 1);
+    let title = models[0]["title"].as_str().unwrap();
+    assert!(title.starts_with(models[0]["model_name"].as_str().unwrap()));
+    assert_eq!(models[0]["hash"].as_str().unwrap().len(), 10);
+
+    let samplers: Value = server.get("/sdapi/v1/samplers").await.json().await.unwrap();
+    let names: Vec<&str> = samplers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "DDIM",
+            "Euler",
+            "Euler a",
+            "DPM++ 2M",
+            "DPM++ 2M Karras",
+            "PLMS"
+        ]
+    );
+
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["sd_model_checkpoint"], title);
+    assert_eq!(options["CLIP_stop_at_last_layers"], 1);
+
+    let progress: Value = server.get("/sdapi/v1/progress").await.json().await.unwrap();
+    assert_eq!(progress["progress"], 0.0);
+    assert_eq!(progress["state"]["job_count"], 0);
+
+    let interrupt: Value = server
+        .post("/sdapi/v1/interrupt", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(interrupt["interrupted"], false);
+
+    assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
+    let ready: Value = server.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        ready,
+        json!({"ready": true, "renders": true, "queue_depth": 0})
+    );
+
+    let openapi: Value = server.get("/openapi.json").await.json().await.unwrap();
+    for path in [
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/loras",
+        "/sdapi/v1/sd-models",
+        "/sdapi/v1/samplers",
+        "/sdapi/v1/options",
+        "/sdapi/v1/progress",
+        "/sdapi/v1/interrupt",
+        "/v1/select",
+        "/v1/retrieve",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path}");
+    }
+
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "stylus_queue_depth"), Some(0.0));
+    assert_eq!(metric(&metrics, "stylus_merges_total"), Some(0.0));
+    assert!(
+        metrics.contains("stylus_http_requests_total{route=\"/sdapi/v1/loras\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt2img_answers_like_a1111_and_a_repeated_adapter_set_does_not_merge() {
+    let server = start(ServeOptions::default(), true).await;
+    let request = txt2img("a castle on a hill <lora:kohya_lora:0.9>", 11);
+    let response = server.post("/sdapi/v1/txt2img", &request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let pngs = images(&body);
+    assert_eq!(pngs.len(), 2);
+    for b64 in &pngs {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let reader = decoder.read_info().unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (16, 16));
+        let text = &reader.info().uncompressed_latin1_text;
+        assert!(text.iter().any(|t| t.keyword == "parameters"));
+    }
+    assert_eq!(body["parameters"], request);
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["seed"], 11);
+    assert_eq!(info["all_seeds"], json!([11, 12]));
+    assert_eq!(info["sampler_name"], "Euler a");
+    assert_eq!(
+        (info["steps"].clone(), info["width"].clone()),
+        (json!(3), json!(16))
+    );
+    assert_eq!(
+        info["all_prompts"][0],
+        "a castle on a hill <lora:kohya_lora:0.9>"
+    );
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    assert!(infotext.starts_with("a castle on a hill <lora:kohya_lora:0.9>\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 16x16"), "{infotext}");
+    assert!(
+        infotext.contains("Lora hashes: \"kohya_lora: "),
+        "{infotext}"
+    );
+    assert!(info["extra_generation_params"]["Lora hashes"].is_string());
+    assert_eq!(info["stylus_plan"], Value::Null);
+
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "stylus_merges_total"), Some(1.0));
+    assert_eq!(metric(&metrics, "stylus_images_total"), Some(2.0));
+
+    // The same adapter set again: no merge, a cache hit, the same images.
+    let again: Value = server
+        .post("/sdapi/v1/txt2img", &request)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(images(&again), pngs);
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "stylus_merges_total"), Some(1.0));
+    assert_eq!(metric(&metrics, "stylus_merge_cache_hits_total"), Some(1.0));
+    for stage in ["queue", "render", "encode"] {
+        assert!(
+            metrics.contains(&format!(
+                "stylus_stage_duration_seconds_count{{stage=\"{stage}\"}} 2"
+            )),
+            "{stage}: {metrics}"
+        );
+    }
+
+    // `stylus: true` selects adapters from the catalog (the bundled one here); their files are
+    // not in this server's LoRA folder, so the answer lists what to download.
+    let mut selecting = txt2img("a corgi wearing a cowboy hat, watercolor", 1);
+    selecting["stylus"] = json!(true);
+    let missing = server.post("/sdapi/v1/txt2img", &selecting).await;
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"], "MissingAdapters");
+    assert!(body["detail"].as_str().unwrap().contains("corgi"), "{body}");
+
+    // A random seed (-1) is drawn and reported.
+    let random: Value = server
+        .post("/sdapi/v1/txt2img", &txt2img("a castle", -1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let info: Value = serde_json::from_str(random["info"].as_str().unwrap()).unwrap();
+    let seed = info["seed"].as_u64().unwrap();
+    assert!(seed < 4_294_967_295);
+    assert_eq!(info["all_seeds"], json!([seed, seed + 1]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_the_images_of_a_sequential_run() {
+    let server = start(ServeOptions::default(), true).await;
+    let requests = [
+        txt2img("a castle <lora:kohya_lora:0.9>", 11),
+        txt2img("a castle <lora:lokr:1> <lora:peft:-0.7>", 11),
+        txt2img("a castle", 11),
+        txt2img("a castle <lora:kohya_lora:0.9>", 5),
+    ];
+    let mut sequential = Vec::new();
+    for request in &requests {
+        let body: Value = server
+            .post("/sdapi/v1/txt2img", request)
+            .await
+            .json()
+            .await
+            .unwrap();
+        sequential.push(images(&body));
+    }
+    assert_ne!(sequential[0], sequential[1]);
+    assert_ne!(sequential[0], sequential[2]);
+    assert_ne!(sequential[0], sequential[3]);
+
+    // The library renders the same pixels as the server (PNG-decoded).
+    let first = base64::engine::general_purpose::STANDARD
+        .decode(&sequential[2][0])
+        .unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(first))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint =
+        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir.path());
+    let loaded = stylus::render::load_sampler(&checkpoint, Device::Cpu, None).unwrap();
+    let stylus = Stylus::options()
+        .sampler(loaded.sampler)
+        .open(Source::Bundled, &StylusConfig::default())
+        .unwrap();
+    let library = stylus
+        .generate(&stylus::GenerationRequest {
+            prompt: "a castle".into(),
+            negative_prompt: "blurry".into(),
+            batch: 2,
+            seed: 11,
+            sampling: stylus_core::SamplingParams {
+                steps: 3,
+                guidance_scale: 5.0,
+                sampler: "euler_ancestral".into(),
+                width: 16,
+                height: 16,
+                clip_skip: 1,
+            },
+            select: false,
+            explicit_loras: vec![],
+            init_latents: None,
+            keep_latents: false,
+            init_image: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(library.images[0].rgb, pixels);
+
+    // Every request at once, twice over: each client gets its sequential images.
+    for _ in 0..2 {
+        let tasks: Vec<_> = requests
+            .iter()
+            .cloned()
+            .map(|request| {
+                let client = server.client.clone();
+                let url = server.url("/sdapi/v1/txt2img");
+                tokio::spawn(async move {
+                    let body: Value = client
+                        .post(url)
+                        .json(&request)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    images(&body)
+                })
+            })
+            .collect();
+        for (task, expected) in tasks.into_iter().zip(&sequential) {
+            assert_eq!(&task.await.unwrap(), expected);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_interrupt_stops_the_running_render() {
+    let server = start(
+        ServeOptions {
+            queue_depth: 1,
+            ..long_options()
+        },
+        true,
+    )
+    .await;
+    let long = {
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        tokio::spawn(async move { client.post(url).json(&long_txt2img()).send().await.unwrap() })
+    };
+    wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
+    // One waiting request fills the queue.
+    let waiting = {
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&txt2img("a castle", 3))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    wait_for_progress(&server, |p| p["state"]["job_count"] == 2).await;
+    let full = server
+        .post("/sdapi/v1/txt2img", &txt2img("a castle", 4))
+        .await;
+    assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = full.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: Value = full.json().await.unwrap();
+    assert_eq!(body["error"], "QueueFull");
+    assert_eq!(
+        metric(&server.metrics().await, "stylus_queue_depth"),
+        Some(1.0)
+    );
+
+    let interrupted: Value = server
+        .post("/sdapi/v1/interrupt", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(interrupted["interrupted"], true);
+    let long = long.await.unwrap();
+    assert_eq!(long.status(), StatusCode::CONFLICT);
+    let body: Value = long.json().await.unwrap();
+    assert_eq!(body["error"], "Interrupted");
+    // The waiting request runs next, unharmed.
+    let waiting = waiting.await.unwrap();
+    assert_eq!(waiting.status(), StatusCode::OK);
+    assert_eq!(images(&waiting.json().await.unwrap()).len(), 2);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("stylus_renders_cancelled_total{reason=\"interrupted\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_render_and_deadlines_answer_504() {
+    let server = start(
+        ServeOptions {
+            request_timeout: Duration::from_secs(3),
+            ..long_options()
+        },
+        true,
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&long_txt2img())
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    // The server notices the closed connection and stops the render between steps.
+    wait_for_progress(&server, |p| p["state"]["job_count"] == 0).await;
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("stylus_renders_cancelled_total{reason=\"client_gone\"} 1"),
+        "{metrics}"
+    );
+
+    // A render past --request-timeout: 504, and the device is free again.
+    let late = server.post("/sdapi/v1/txt2img", &long_txt2img()).await;
+    assert_eq!(late.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = late.json().await.unwrap();
+    assert_eq!(body["error"], "Timeout");
+    let ok = server
+        .post("/sdapi/v1/txt2img", &txt2img("a castle", 1))
+        .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_fields_and_lora_names_are_refused_before_any_work() {
+    let server = start(
+        ServeOptions {
+            body_limit: 4096,
+            ..ServeOptions::default()
+        },
+        true,
+    )
+    .await;
+    let raw = |body: &'static str| {
+        server
+            .client
+            .post(server.url("/sdapi/v1/txt2img"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        raw("{not json").await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    let wrong_type = raw(r#"{"prompt": 5}"#).await.unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = wrong_type.json().await.unwrap();
+    assert_eq!(body["error"], "ValidationError");
+    let huge = json!({ "prompt": "x".repeat(10_000) });
+    assert_eq!(
+        server.post("/sdapi/v1/txt2img", &huge).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    for (field, value, expected) in [
+        ("steps", json!(0), "steps 0: must be in 1..=150"),
+        ("steps", json!(151), "steps 151: must be in 1..=150"),
+        (
+            "width",
+            json!(17),
+            "width 17: must be a multiple of 8 in 8..=1024",
+        ),
+        (
+            "height",
+            json!(4096),
+            "height 4096: must be a multiple of 8 in 8..=1024",
+        ),
+        ("batch_size", json!(17), "batch_size 17: must be in 1..=16"),
+        ("n_iter", json!(0), "n_iter 0: must be in 1..=16"),
+        ("cfg_scale", json!(99), "cfg_scale 99: must be in 0..=50"),
+        ("seed", json!(-2), "seed -2: must be -1 (random)"),
+        (
+            "sampler_name",
+            json!("Heun"),
+            "sampler_name `Heun`: unknown",
+        ),
+        ("enable_hr", json!(true), "not supported"),
+    ] {
+        let mut request = txt2img("a castle", 1);
+        request[field] = value;
+        let response = server.post("/sdapi/v1/txt2img", &request).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{field}");
+        let body: Value = response.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{field}: {detail}");
+    }
+    let mut big = txt2img("a castle", 1);
+    big["batch_size"] = json!(8);
+    big["n_iter"] = json!(4);
+    let response = server.post("/sdapi/v1/txt2img", &big).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    for prompt in [
+        "a cat <lora:../../etc/passwd:1>",
+        "a cat <lora:/etc/passwd:1>",
+        "a cat <lora:..\\..\\windows\\system32:1>",
+    ] {
+        let response = server.post("/sdapi/v1/txt2img", &txt2img(prompt, 1)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{prompt}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("never by a file path"),
+            "{body}"
+        );
+    }
+    let unknown = server
+        .post("/sdapi/v1/txt2img", &txt2img("a cat <lora:nope:1>", 1))
+        .await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let body: Value = unknown.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("no such LoRA"));
+
+    // Nothing was queued or rendered.
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "stylus_images_total"), Some(0.0));
+    assert_eq!(metric(&metrics, "stylus_merges_total"), Some(0.0));
+    for (path, body) in [
+        ("/v1/select", json!({"prompt": ""})),
+        ("/v1/select", json!({"prompt": "a cat", "batch": 0})),
+        ("/v1/retrieve", json!({"prompt": "a cat", "top_k": 0})),
+    ] {
+        assert_eq!(
+            server.post(path, &body).await.status(),
+            StatusCode::BAD_REQUEST,
+            "{path} {body}"
+        );
+    }
+    assert_eq!(
+        server
+            .post("/v1/select", &json!({"prompt": "a cat", "bogus": 1}))
+            .await
+            .status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_token_is_refused_and_cors_is_off_unless_asked() {
+    let server = start(
+        ServeOptions {
+            api_key: Some("s3cret".into()),
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .await;
+    let url = server.url("/sdapi/v1/loras");
+    let none = server.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    for token in ["s3cre", "s3cret!", "S3CRET", ""] {
+        let wrong = server
+            .client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{token}");
+    }
+    let right = server
+        .client
+        .get(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::OK);
+    let select = server
+        .client
+        .post(server.url("/v1/select"))
+        .json(&json!({"prompt": "a cat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(select.status(), StatusCode::UNAUTHORIZED);
+    // Probes need no token.
+    assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(server.get("/readyz").await.status(), StatusCode::OK);
+    // No CORS headers unless an origin is allowed.
+    let preflight = server
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    server.stop().await;
+
+    let cors = start(
+        ServeOptions {
+            cors_origins: vec!["https://app.example".into()],
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .await;
+    let allowed = cors
+        .client
+        .get(cors.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = cors
+        .client
+        .get(cors.url("/healthz"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    cors.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_and_retrieve_answer_what_the_library_does_under_200_concurrent_clients() {
+    let server = start(ServeOptions::default(), false).await;
+    let stylus = Stylus::open(Source::Bundled, &StylusConfig::default()).unwrap();
+    let prompt = "a corgi wearing a cowboy hat, watercolor";
+    let plan = stylus.select(prompt).await.unwrap();
+    let body: Value = server
+        .post("/v1/select", &json!({ "prompt": prompt }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["a1111_prompt"], plan.a1111_prompt);
+    assert_eq!(body["topics"], serde_json::to_value(&plan.topics).unwrap());
+    assert!(body["timings_ms"]["open"].is_number());
+
+    let candidates = stylus.retrieve(prompt).await.unwrap();
+    let ranked: Value = server
+        .post("/v1/retrieve", &json!({ "prompt": prompt, "top_k": 5 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = ranked["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["id"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| r["id"].to_string())
+        })
+        .collect();
+    let expected: Vec<String> = candidates[..5]
+        .iter()
+        .map(|c| {
+            let id = serde_json::to_value(c.doc.id()).unwrap();
+            id.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| id.to_string())
+        })
+        .collect();
+    assert_eq!(ids, expected);
+
+    // Without a checkpoint, rendering is refused plainly.
+    let no_model = server
+        .post("/sdapi/v1/txt2img", &txt2img("a castle", 1))
+        .await;
+    assert_eq!(no_model.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // 200 clients at once: every one answered, each with its own prompt's plan.
+    let prompts = [
+        "a corgi wearing a cowboy hat, watercolor",
+        "portrait of an old fisherman, oil painting",
+        "a cyberpunk city at night, neon, rain",
+        "a castle on a hill at golden hour",
+    ];
+    let expected: Vec<String> = {
+        let mut out = Vec::new();
+        for p in prompts {
+            out.push(stylus.select(p).await.unwrap().a1111_prompt);
+        }
+        out
+    };
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = server.url("/v1/select");
+            let prompt = prompts[i % prompts.len()];
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({ "prompt": prompt }))
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status(), response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["a1111_prompt"], expected[i % prompts.len()]);
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("stylus_http_requests_total{route=\"/v1/select\",status=\"200\"} 201"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_running_renders_within_the_grace_and_cancels_after_it() {
+    // A generous grace: the running render finishes and is answered whole.
+    let server = start(ServeOptions::default(), true).await;
+    let running = {
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        let mut request = txt2img("a castle", 2);
+        request["steps"] = json!(40);
+        tokio::spawn(async move { client.post(url).json(&request).send().await.unwrap() })
+    };
+    // Started (on a fast machine it may also have finished: then shutdown has nothing to wait for).
+    wait_for_progress(&server, |p| p["state"]["job_no"].as_u64() >= Some(1)).await;
+    let addr = server.addr;
+    server.stop().await;
+    let finished = running.await.unwrap();
+    assert_eq!(finished.status(), StatusCode::OK);
+    assert_eq!(images(&finished.json().await.unwrap()).len(), 2);
+    // The port is closed.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+    // A short grace: the long render is cancelled and answered 503, not cut off.
+    let server = start(
+        ServeOptions {
+            shutdown_grace: Duration::from_millis(200),
+            ..long_options()
+        },
+        true,
+    )
+    .await;
+    let long = {
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        tokio::spawn(async move { client.post(url).json(&long_txt2img()).send().await.unwrap() })
+    };
+    wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
+    server.stop().await;
+    let cancelled = long.await.unwrap();
+    assert_eq!(cancelled.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = cancelled.json().await.unwrap();
+    assert_eq!(body["error"], "ShuttingDown");
+}
