@@ -469,13 +469,13 @@ impl StylusDocs {
                 let docs = parse_docs(&docs_path, &docs_bytes, light)?;
                 let doc_lines = light.then(|| DocLines {
                     path: docs_path.clone(),
-                    spans: docs.iter().map(|&(_, span, _)| span).collect(),
+                    spans: docs.iter().map(|(span, _)| *span).collect(),
                     full: (0..docs.len())
                         .map(|_| std::sync::OnceLock::new())
                         .collect(),
                     source: LinesSource::Bytes(std::mem::take(&mut docs_bytes)),
                 });
-                (docs.into_iter().map(|(_, _, doc)| doc).collect(), doc_lines)
+                (docs.into_iter().map(|(_, doc)| doc).collect(), doc_lines)
             }
         };
         let checked_path = if deferred {
@@ -695,8 +695,7 @@ impl StylusDocs {
 pub struct DocLines {
     path: PathBuf,
     source: LinesSource,
-    /// Per document: its line number (from 0) and its byte range in docs.jsonl.
-    spans: Vec<(usize, usize, usize)>,
+    spans: Vec<DocSpan>,
     full: Vec<std::sync::OnceLock<Arc<AdapterDoc>>>,
 }
 
@@ -891,12 +890,15 @@ fn open_sized(path: &Path, entry: &FileEntry) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// The documents of docs.jsonl (whole, or light), each with its line number and byte span.
+/// A document's line number (from 0) and byte range in docs.jsonl.
+type DocSpan = (usize, usize, usize);
+
+/// The documents of docs.jsonl (whole, or light), each with its line number and byte range.
 fn parse_docs(
     path: &Path,
     bytes: &[u8],
     light: bool,
-) -> Result<Vec<(usize, (usize, usize, usize), AdapterDoc)>> {
+) -> Result<Vec<(DocSpan, AdapterDoc)>> {
     use rayon::prelude::*;
     // (line number, byte offset, line) of every non-empty line.
     let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
@@ -923,7 +925,7 @@ fn parse_docs(
             } else {
                 serde_json::from_slice(line).map_err(json_error)?
             };
-            Ok((index, (index, start, start + line.len()), doc))
+            Ok(((index, start, start + line.len()), doc))
         })
         .collect()
 }
