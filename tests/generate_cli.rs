@@ -256,3 +256,127 @@ fn generate_selects_merges_and_records_adapters() {
         }
     }
 }
+
+/// A stub download server on 127.0.0.1 (std threads): every GET gets `body`; returns its base
+/// URL and the number of requests answered.
+fn serve_file(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: \
+                 {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (base, hits)
+}
+
+/// `generate --fetch`: the selected adapter is not in any folder; it is downloaded from the
+/// catalog's URL (a stub), checked against the catalog's sha256, cached, merged and rendered.
+/// Two processes started at once on the same missing file download it once and both succeed.
+#[test]
+fn generate_fetch_downloads_the_selected_adapter_once_and_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = full_vocab::full_vocab_checkpoint(
+        &diffusion_fixture("sd/tiny-ldm.safetensors"),
+        dir.path(),
+    );
+    let lora = std::fs::read(diffusion_fixture("lora/kohya_lora.safetensors")).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&lora))
+    };
+    let (base, hits) = serve_file(lora);
+    let item = serde_json::json!({
+        "id": 7, "name": "Tabby Cat", "type": "LORA",
+        "description": "<p>tabby cats, striped cat fur</p>",
+        "tags": ["cat", "animal"],
+        "modelVersions": [{"id": 70, "baseModel": "SD 1.5", "trainedWords": ["tabby cat"],
+            "files": [{"name": "tabby_cat.safetensors", "type": "Model",
+                "downloadUrl": format!("{base}/api/download/models/70"),
+                "hashes": {"SHA256": sha.to_uppercase()}}]}]
+    });
+    let items = dir.path().join("items.jsonl");
+    std::fs::write(&items, format!("{item}\n")).unwrap();
+    let index = dir.path().join("index");
+    let output = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .args(["index", "--civitai"])
+        .arg(&items)
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cache = dir.path().join("cache");
+    let run = |out: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stylus"))
+            .args([
+                "generate", "--steps", "1", "--width", "16", "--height", "16",
+            ])
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .arg("--index")
+            .arg(&index)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .arg("a tabby cat")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Offline, nothing is cached: the missing file is listed with its URL (exit 3).
+    let offline = run(&dir.path().join("offline"), &["--fetch", "--offline"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(3));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let first = run(&a, &["--fetch"]);
+    let second = run(&b, &["--fetch"]);
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one download"
+    );
+    for out in [&a, &b] {
+        let (_, text) = png_parameters(&out.join("0000.png"));
+        assert!(text.contains("<lora:tabby_cat"), "{text}");
+    }
+    let blob = cache.join("blobs").join(format!("{sha}.safetensors"));
+    assert!(blob.is_file(), "{}", blob.display());
+}

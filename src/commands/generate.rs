@@ -10,8 +10,8 @@ use serde::Serialize;
 use stylus::render::{Device, load_sampler};
 use stylus::{Source, Stylus};
 use stylus_core::{
-    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, InitImage, InpaintMask,
-    ResizeMode, SamplerKind, SamplingParams, StylusConfig, StylusError, WeightedAdapter,
+    AdapterId, AdapterLocator, ExplicitLora, GenerationRequest, InitImage, InpaintMask, ResizeMode,
+    SamplerKind, SamplingParams, StylusConfig, StylusError, WeightedAdapter,
 };
 use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,

@@ -894,11 +894,7 @@ fn open_sized(path: &Path, entry: &FileEntry) -> Result<std::fs::File> {
 type DocSpan = (usize, usize, usize);
 
 /// The documents of docs.jsonl (whole, or light), each with its line number and byte range.
-fn parse_docs(
-    path: &Path,
-    bytes: &[u8],
-    light: bool,
-) -> Result<Vec<(DocSpan, AdapterDoc)>> {
+fn parse_docs(path: &Path, bytes: &[u8], light: bool) -> Result<Vec<(DocSpan, AdapterDoc)>> {
     use rayon::prelude::*;
     // (line number, byte offset, line) of every non-empty line.
     let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
