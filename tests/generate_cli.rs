@@ -379,4 +379,27 @@ fn generate_fetch_downloads_the_selected_adapter_once_and_renders() {
     }
     let blob = cache.join("blobs").join(format!("{sha}.safetensors"));
     assert!(blob.is_file(), "{}", blob.display());
+    // The config's `[cache]` table names the same cache.
+    let config = dir.path().join("stylus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cache]\ndir = {:?}\nmax_gb = 1\n",
+            cache.display().to_string()
+        ),
+    )
+    .unwrap();
+    let listed = Command::new(env!("CARGO_BIN_EXE_stylus"))
+        .arg("--config")
+        .arg(&config)
+        .args(["cache", "list"])
+        .env_remove("STYLUS_ADAPTER_CACHE")
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&sha));
 }

@@ -29,8 +29,12 @@ pub enum Action {
     },
 }
 
-pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
-    let cache = super::fetch::open_cache(args.cache_dir, args.cache_max_gb)?;
+pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
+    let flags = super::fetch::CacheArgs {
+        cache_dir: args.cache_dir,
+        cache_max_gb: args.cache_max_gb,
+    };
+    let cache = flags.open(&config.cache)?;
     match args.action {
         Action::List => {
             let entries = cache.list()?;

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use stylus_core::{StylusConfig, StylusError};
+use stylus_core::{CacheConfig, StylusConfig, StylusError};
 use stylus_fetch::{AdapterCache, FetchConfig, FetchRequest, Fetcher, parse_spec, plan_adapters};
 
 #[derive(Debug, clap::Args)]
@@ -49,29 +49,28 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    pub(crate) fn open(&self) -> Result<AdapterCache, StylusError> {
-        open_cache(self.cache_dir.clone(), self.cache_max_gb)
+    /// The cache: each setting from the flag, else the environment, else the config's `[cache]`
+    /// table, else the default.
+    pub(crate) fn open(&self, config: &CacheConfig) -> Result<AdapterCache, StylusError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let dir = self
+            .cache_dir
+            .clone()
+            .or_else(|| env("STYLUS_ADAPTER_CACHE").map(PathBuf::from))
+            .or_else(|| config.dir.clone())
+            .or_else(AdapterCache::default_dir)
+            .ok_or_else(|| {
+                StylusError::InvalidArgument(
+                    "HOME is not set: give the adapter cache folder with --cache-dir".into(),
+                )
+            })?;
+        let max = match (self.cache_max_gb, env("STYLUS_CACHE_MAX_GB"), config.max_gb) {
+            (Some(max), _, _) => max,
+            (None, Some(_), _) | (None, None, None) => AdapterCache::default_max_bytes()?,
+            (None, None, Some(gb)) => (gb * 1e9) as u64,
+        };
+        Ok(AdapterCache::open(dir, max)?)
     }
-}
-
-/// The cache named by the flags, else the default one.
-pub(crate) fn open_cache(
-    dir: Option<PathBuf>,
-    max_bytes: Option<u64>,
-) -> Result<AdapterCache, StylusError> {
-    let dir = match dir.or_else(AdapterCache::default_dir) {
-        Some(dir) => dir,
-        None => {
-            return Err(StylusError::InvalidArgument(
-                "HOME is not set: give the adapter cache folder with --cache-dir".into(),
-            ));
-        }
-    };
-    let max = match max_bytes {
-        Some(max) => max,
-        None => AdapterCache::default_max_bytes()?,
-    };
-    Ok(AdapterCache::open(dir, max)?)
 }
 
 pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
@@ -109,7 +108,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
     fetch_config.concurrency = args.jobs;
     fetch_config.offline |= args.offline;
     fetch_config.progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let cache = args.cache.open()?;
+    let cache = args.cache.open(&config.cache)?;
     let fetcher = Fetcher::new(cache, fetch_config)?;
     let runtime = super::runtime()?;
     let results = runtime.block_on(fetcher.fetch_all(&requests));

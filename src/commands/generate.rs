@@ -278,7 +278,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         let mut fetch_config = FetchConfig::from_env(&network)?;
         fetch_config.offline |= args.offline;
         fetch_config.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let fetcher = Fetcher::new(args.cache.open()?, fetch_config)?;
+        let fetcher = Fetcher::new(args.cache.open(&config.cache)?, fetch_config)?;
         options = options.locator(Arc::new(FetchingLocator::new(folder, fetcher)));
     } else if let Some(folder) = folder {
         options = options.locator(folder);

@@ -18,6 +18,32 @@ pub struct StylusConfig {
     pub masks: MaskConfig,
     pub sampling: SamplingParams,
     pub network: NetworkConfig,
+    pub cache: CacheConfig,
+}
+
+/// The adapter cache of `stylus fetch` / `generate --fetch`. Precedence, highest first: the CLI
+/// flags (`--cache-dir`, `--cache-max-gb`), the environment (`STYLUS_ADAPTER_CACHE`,
+/// `STYLUS_CACHE_MAX_GB`), this `[cache]` table, the defaults (`~/.cache/stylus/adapters`, 20 GB).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The cache folder.
+    pub dir: Option<std::path::PathBuf>,
+    /// The size limit in GB; least recently used files are evicted beyond it.
+    pub max_gb: Option<f64>,
+}
+
+impl CacheConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(gb) = self.max_gb
+            && !(gb.is_finite() && gb > 0.0)
+        {
+            return Err(format!(
+                "cache.max_gb = {gb}: must be a positive number of GB"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Timeouts and retries of every network client (the LLM composer, the VLM refiner, the OpenAI
@@ -189,6 +215,7 @@ impl StylusConfig {
             ));
         }
         self.network.validate()?;
+        self.cache.validate()?;
         self.sampling.validate().map_err(|e| {
             // The sampling table's keys, not the CLI flags.
             let text = e.to_string();
@@ -387,6 +414,23 @@ mod tests {
         assert!(err.contains("sparse") && err.contains("hybrid"), "{err}");
         assert_eq!(config.retriever.hnsw, HnswConfig::default());
         assert_eq!(config.composer, ComposerConfig::default());
+    }
+
+    #[test]
+    fn the_cache_table_is_read_and_checked() {
+        let config =
+            StylusConfig::from_toml_str("[cache]\ndir = \"/data/loras\"\nmax_gb = 2.5\n").unwrap();
+        assert_eq!(config.cache.dir.as_deref(), Some(Path::new("/data/loras")));
+        assert_eq!(config.cache.max_gb, Some(2.5));
+        for bad in ["max_gb = 0", "max_gb = -3", "max_gb = nan", "size = 3"] {
+            let err = StylusConfig::from_toml_str(&format!("[cache]\n{bad}\n"))
+                .and_then(|c| c.validate())
+                .unwrap_err();
+            assert!(
+                err.contains("cache") || err.contains("size"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub mod traits;
 
 pub use card::{AdapterCard, AdapterDoc, AdapterFile, AdapterStats, Category};
 pub use config::{
-    CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig, RetrievalMode,
-    RetrieverConfig, StylusConfig,
+    CacheConfig, CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig,
+    RetrievalMode, RetrieverConfig, StylusConfig,
 };
 pub use error::{MissingAdapter, Result, StylusError};
 pub use generation::{

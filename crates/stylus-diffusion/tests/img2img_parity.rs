@@ -7,8 +7,6 @@
 //! at 0.6), inpainting with the regular 4-channel UNet (latent blending; DDIM 0.75, Euler 1) and
 //! with a 9-channel inpainting UNet (DPM++ 2M Karras 1, Euler 0.6).
 
-use std::path::PathBuf;
-
 use burn::tensor::DType;
 use safetensors::SafeTensors;
 use stylus_core::rng::SplitMix64;
@@ -16,52 +14,17 @@ use stylus_core::{InitImage, InpaintMask};
 use stylus_diffusion::StableDiffusion;
 use stylus_diffusion::backend::{CpuBackend, cpu_device};
 use stylus_diffusion::checkpoint::diffusers::load_unet;
-use stylus_diffusion::prompt_weights::PromptChunk;
 use stylus_diffusion::sampler::{
     Draw, LatentShape, decode, denoise_with, encode_chunk_pair, start_from_image,
 };
 use stylus_diffusion::schedulers::{ScheduleConfig, scheduler_by_name};
 
+#[path = "common/parity.rs"]
+mod parity;
+
+use parity::{chunk, fixtures, floats, relative_l2};
+
 const TOLERANCE: f64 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn floats(tensors: &SafeTensors, name: &str) -> Vec<f32> {
-    let view = tensors
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("fixture tensor {name}"));
-    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-    view.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn chunk(tensors: &SafeTensors, name: &str) -> PromptChunk {
-    let ids: Vec<u32> = tensors
-        .tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    PromptChunk {
-        weights: vec![1.0; ids.len()],
-        ids,
-    }
-}
-
-fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (&a, &b) in ours.iter().zip(reference) {
-        diff += (f64::from(a) - f64::from(b)).powi(2);
-        norm += f64::from(b).powi(2);
-    }
-    (diff / norm).sqrt()
-}
 
 #[test]
 fn img2img_and_inpainting_match_diffusers_pipelines() {
