@@ -492,9 +492,13 @@ fn generate_checks_its_arguments_before_loading_the_checkpoint() {
     // --negative has help text.
     let output = stylus(&["generate", "--help"]);
     let help = String::from_utf8_lossy(&output.stdout);
-    let negative = help.lines().find(|l| l.contains("--negative"));
+    // clap puts the text on the flag's line, or on the next one when the help is long.
+    let lines: Vec<&str> = help.lines().collect();
+    let negative = lines.iter().position(|l| l.contains("--negative"));
     assert!(
-        negative.is_some_and(|l| l.contains("Negative prompt")),
+        negative.is_some_and(|i| lines[i..(i + 2).min(lines.len())]
+            .iter()
+            .any(|l| l.contains("Negative prompt"))),
         "{help}"
     );
 }
