@@ -118,6 +118,13 @@ fn txt2img(prompt: &str, seed: i64) -> Value {
 }
 
 /// A render that runs until interrupted (1000 steps).
+/// Sends [`long_txt2img`] in the background.
+fn spawn_long_render(server: &TestServer) -> tokio::task::JoinHandle<reqwest::Response> {
+    let client = server.client.clone();
+    let url = server.url("/sdapi/v1/txt2img");
+    tokio::spawn(async move { client.post(url).json(&long_txt2img()).send().await.unwrap() })
+}
+
 fn long_txt2img() -> Value {
     json!({
         "prompt": "a very long render",
@@ -460,11 +467,7 @@ async fn a_full_queue_answers_429_and_interrupt_stops_the_running_render() {
         true,
     )
     .await;
-    let long = {
-        let client = server.client.clone();
-        let url = server.url("/sdapi/v1/txt2img");
-        tokio::spawn(async move { client.post(url).json(&long_txt2img()).send().await.unwrap() })
-    };
+    let long = spawn_long_render(&server);
     wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
     // One waiting request fills the queue.
     let waiting = {
@@ -892,11 +895,7 @@ async fn shutdown_finishes_running_renders_within_the_grace_and_cancels_after_it
         true,
     )
     .await;
-    let long = {
-        let client = server.client.clone();
-        let url = server.url("/sdapi/v1/txt2img");
-        tokio::spawn(async move { client.post(url).json(&long_txt2img()).send().await.unwrap() })
-    };
+    let long = spawn_long_render(&server);
     wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
     server.stop().await;
     let cancelled = long.await.unwrap();
