@@ -17,9 +17,7 @@ use stylus_diffusion::png::{
     LoraHash, ModelInfo, a1111_parameters, lora_short_hash, model_short_hash, write_png,
 };
 use stylus_diffusion::sampler::{SamplingProgress, write_latents};
-use stylus_fetch::{
-    FetchConfig, Fetcher, FetchingLocator, HubCheckpoint, HubOptions, resolve_checkpoint,
-};
+use stylus_fetch::{FetchConfig, Fetcher, FetchingLocator};
 use stylus_refiner::locator::FolderLocator;
 
 #[derive(Debug, clap::Args)]
@@ -211,16 +209,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
             dir.display()
         )));
     }
-    let hub = match args.checkpoint.to_str().and_then(HubCheckpoint::parse) {
-        Some(parsed) => Some(parsed?),
-        None => None,
-    };
-    if hub.is_none() && !args.checkpoint.exists() {
-        return Err(StylusError::InvalidArgument(format!(
-            "--checkpoint {}: no such file or directory",
-            args.checkpoint.display()
-        )));
-    }
+    let hub = super::hub_checkpoint(&args.checkpoint)?;
     args.device.check()?;
     check_outputs(args)?;
     // The catalog opens before the checkpoint loads (seconds to minutes): a bad store fails fast.
@@ -231,13 +220,7 @@ fn generate(args: &Args, config: &StylusConfig) -> Result<(), StylusError> {
         Source::Bundled
     };
     let checkpoint = match &hub {
-        Some(hub) => {
-            let mut options = HubOptions::from_env()?;
-            options.offline |= args.offline;
-            options.fp16 = args.fp16_variant;
-            options.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            super::runtime()?.block_on(resolve_checkpoint(hub, &options))?
-        }
+        Some(hub) => super::resolve_hub_checkpoint(hub, args.offline, args.fp16_variant)?,
         None => args.checkpoint.clone(),
     };
     std::fs::create_dir_all(&args.out).map_err(|e| StylusError::io(&args.out, e))?;

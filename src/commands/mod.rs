@@ -36,6 +36,36 @@ pub(crate) fn network(role: &str, config: &StylusConfig) -> Result<NetworkConfig
     Ok(flags.or(NetworkConfig::from_env(role)?).or(config.network))
 }
 
+/// `--checkpoint` as given: `Some` hub checkpoint for `hf:...`, `None` for a local path (which
+/// must exist). Checked before anything loads.
+pub(crate) fn hub_checkpoint(
+    arg: &std::path::Path,
+) -> Result<Option<stylus_fetch::HubCheckpoint>, StylusError> {
+    if let Some(parsed) = arg.to_str().and_then(stylus_fetch::HubCheckpoint::parse) {
+        return Ok(Some(parsed?));
+    }
+    if !arg.exists() {
+        return Err(StylusError::InvalidArgument(format!(
+            "--checkpoint {}: no such file or directory",
+            arg.display()
+        )));
+    }
+    Ok(None)
+}
+
+/// The local path of a hub checkpoint: found in, or downloaded into, the hub cache.
+pub(crate) fn resolve_hub_checkpoint(
+    hub: &stylus_fetch::HubCheckpoint,
+    offline: bool,
+    fp16: bool,
+) -> Result<std::path::PathBuf, StylusError> {
+    let mut options = stylus_fetch::HubOptions::from_env()?;
+    options.offline |= offline;
+    options.fp16 = fp16;
+    options.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Ok(runtime()?.block_on(stylus_fetch::resolve_checkpoint(hub, &options))?)
+}
+
 /// A tokio runtime for the async pipeline stages.
 pub fn runtime() -> Result<tokio::runtime::Runtime, StylusError> {
     tokio::runtime::Builder::new_multi_thread()

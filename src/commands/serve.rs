@@ -11,10 +11,17 @@ use stylus_core::{StylusConfig, StylusError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// SD 1.5 checkpoint (diffusers folder or single-file .safetensors); without it only the
+    /// SD 1.5 checkpoint (diffusers folder, single-file .safetensors, or a Hugging Face hub repo
+    /// `hf:org/name[@revision]` found in or downloaded into the hub cache); without it only the
     /// selection endpoints answer.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH|hf:REPO")]
     pub checkpoint: Option<PathBuf>,
+    /// Hub checkpoints: fetch the `.fp16.safetensors` weights (half the download; run in f32).
+    #[arg(long)]
+    pub fp16_variant: bool,
+    /// Hub checkpoints come from the hub cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
     /// StylusDocs store directory (default: the bundled catalog).
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
@@ -94,10 +101,17 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             "listening beyond loopback without --api-key: anyone who reaches this address can render"
         );
     }
+    let checkpoint = match &args.checkpoint {
+        Some(arg) => Some(match super::hub_checkpoint(arg)? {
+            Some(hub) => super::resolve_hub_checkpoint(&hub, args.offline, args.fp16_variant)?,
+            None => arg.clone(),
+        }),
+        None => None,
+    };
     let setup = Setup {
         config: config.clone(),
         index: args.index,
-        checkpoint: args.checkpoint,
+        checkpoint,
         device: args.device,
         lora_dir: args.lora_dir,
     };
