@@ -225,6 +225,18 @@ impl From<FetchError> for StylusError {
         match error {
             FetchError::Io { path, source } => StylusError::Io { path, source },
             FetchError::InvalidArgument(message) => StylusError::InvalidArgument(message),
+            FetchError::Hub {
+                checkpoint,
+                message,
+            } => StylusError::Model {
+                path: checkpoint.into(),
+                message,
+            },
+            FetchError::HubRequest { ref checkpoint, .. } => StylusError::Http {
+                url: checkpoint.clone(),
+                status: None,
+                message: chain(&error),
+            },
             other => {
                 // StylusError has no slot for a source: keep the whole chain in the message.
                 let status = match &other {
