@@ -41,24 +41,23 @@ fn generate(checkpoint: &Path, out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn write_rgb(path: &Path, width: u32, height: u32, rgb: &[u8]) {
+/// An 8-bit PNG of `color` (RGB or grayscale) pixels.
+fn write_png8(path: &Path, color: png::ColorType, width: u32, height: u32, pixels: &[u8]) {
     let file = std::fs::File::create(path).unwrap();
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().unwrap();
-    writer.write_image_data(rgb).unwrap();
+    writer.write_image_data(pixels).unwrap();
     writer.finish().unwrap();
 }
 
+fn write_rgb(path: &Path, width: u32, height: u32, rgb: &[u8]) {
+    write_png8(path, png::ColorType::Rgb, width, height, rgb);
+}
+
 fn write_grey(path: &Path, width: u32, height: u32, grey: &[u8]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().unwrap();
-    writer.write_image_data(grey).unwrap();
-    writer.finish().unwrap();
+    write_png8(path, png::ColorType::Grayscale, width, height, grey);
 }
 
 /// Pixels and the `parameters` text of a generated PNG.
