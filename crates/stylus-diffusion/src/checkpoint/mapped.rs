@@ -131,3 +131,56 @@ impl Deref for FileBytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        let bytes: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mapped = FileBytes::map(&path).unwrap();
+        assert_eq!(&mapped[..], &bytes[..]);
+        mapped.release(100..2 * 4096 + 7);
+        mapped.release(0..mapped.len());
+        assert_eq!(&mapped[..], &bytes[..]);
+        mapped.check_unchanged(&path).unwrap();
+    }
+
+    #[test]
+    fn an_in_place_rewrite_during_a_load_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, [1u8; 64]).unwrap();
+        let mapped = FileBytes::map(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&[2u8; 8]).unwrap();
+        // Timestamps can be coarser than this test is fast: move the mtime explicitly.
+        file.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        let error = mapped.check_unchanged(&path).unwrap_err();
+        assert!(
+            matches!(&error, StylusError::Safetensors { path: p, message }
+                if p == &path && message.contains("modified while it was being loaded")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn owned_and_empty_files_need_no_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.safetensors");
+        std::fs::write(&path, []).unwrap();
+        assert!(FileBytes::map(&path).unwrap().is_empty());
+        let owned = FileBytes::from_vec(vec![1, 2, 3]);
+        owned.release(0..3);
+        assert_eq!(&owned[..], &[1, 2, 3]);
+        owned.check_unchanged(&path).unwrap();
+    }
+}
