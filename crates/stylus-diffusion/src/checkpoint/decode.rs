@@ -106,24 +106,59 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>, DecodeError> {
     }
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]`, in parallel over blocks of output rows; each
-/// task reads a `TRANSPOSE_BLOCK`-wide column strip of the source, which stays in cache.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; values.len()];
+/// Stored `[rows, cols]` values straight to f32 `[cols, rows]`, checked finite, without an
+/// intermediate row-major buffer: in parallel over blocks of output rows, each task converts a
+/// `TRANSPOSE_BLOCK`-wide column strip of the source row by row (a few values, in registers)
+/// and writes it transposed; the strip's output lines stay in cache.
+fn to_f32_transposed(
+    source: &Stored<'_>,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>, DecodeError> {
+    let mut out = vec![0.0f32; rows * cols];
     if rows == 0 || cols == 0 {
-        return out;
+        return Ok(out);
     }
-    out.par_chunks_mut(TRANSPOSE_BLOCK * rows)
+    let failure = out
+        .par_chunks_mut(TRANSPOSE_BLOCK * rows)
         .enumerate()
-        .for_each(|(block, dst)| {
+        .filter_map(|(block, dst)| {
             let first_col = block * TRANSPOSE_BLOCK;
+            let width = dst.len() / rows;
+            let mut strip = [0.0f32; TRANSPOSE_BLOCK];
+            let strip = &mut strip[..width];
+            let mut first: Option<(usize, f32)> = None;
             for row in 0..rows {
-                let source = &values[row * cols + first_col..][..dst.len() / rows];
-                for (offset, value) in source.iter().enumerate() {
+                let start = row * cols + first_col;
+                match source {
+                    Stored::F32(s) => strip.copy_from_slice(&s[start..start + width]),
+                    Stored::F16(s) => s[start..start + width].convert_to_f32_slice(strip),
+                    Stored::Bf16(s) => s[start..start + width].convert_to_f32_slice(strip),
+                }
+                if first.is_none()
+                    && let Some((offset, value)) = first_non_finite(strip)
+                {
+                    first = Some((start + offset, value));
+                }
+                for (offset, value) in strip.iter().enumerate() {
                     dst[offset * rows + row] = *value;
                 }
             }
-        });
+            first
+        })
+        .min_by_key(|(index, _)| *index);
+    match failure {
+        Some((index, value)) => Err(DecodeError::NonFinite { index, value }),
+        None => Ok(out),
+    }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]` (the byte path for unaligned files).
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(values.len());
+    for col in 0..cols {
+        out.extend((0..rows).map(|row| values[row * cols + col]));
+    }
     out
 }
 
@@ -136,10 +171,11 @@ pub fn decode(
     shape: &[usize],
     transpose_2d: bool,
 ) -> Result<TensorData, DecodeError> {
-    let mut values = to_f32(bytes, dtype)?;
-    if transpose_2d && shape.len() == 2 {
-        values = transpose(&values, shape[1], shape[0]);
-    }
+    let values = match (transpose_2d && shape.len() == 2, stored(bytes, dtype)) {
+        (true, Some(source)) => to_f32_transposed(&source, shape[1], shape[0])?,
+        (true, None) => transpose(&to_f32(bytes, dtype)?, shape[1], shape[0]),
+        (false, _) => to_f32(bytes, dtype)?,
+    };
     Ok(match target {
         DType::F32 => TensorData::new(values, shape.to_vec()),
         DType::F16 => {
@@ -192,11 +228,33 @@ mod tests {
     fn transpose_matches_the_definition_across_blocks() {
         let (rows, cols) = (37, 53);
         let values: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-        let out = transpose(&values, rows, cols);
+        let bytes = f16_bytes(&values);
+        let fused = decode(&bytes, Dtype::F16, DType::F32, &[cols, rows], true).unwrap();
+        let fused = fused.to_vec::<f32>().unwrap();
+        let mut unaligned = vec![0u8];
+        unaligned.extend(&bytes);
+        let slow = decode(&unaligned[1..], Dtype::F16, DType::F32, &[cols, rows], true).unwrap();
+        assert_eq!(slow.to_vec::<f32>().unwrap(), fused);
         for r in 0..rows {
             for c in 0..cols {
-                assert_eq!(out[c * rows + r], values[r * cols + c]);
+                assert_eq!(fused[c * rows + r], values[r * cols + c]);
             }
+        }
+    }
+
+    #[test]
+    fn a_transposed_tensor_reports_the_first_non_finite_in_stored_order() {
+        let (rows, cols) = (40, 40);
+        let mut values = vec![0.25f32; rows * cols];
+        values[5 * cols + 30] = f32::NEG_INFINITY;
+        values[7 * cols + 2] = f32::NAN;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        match decode(&bytes, Dtype::F32, DType::F32, &[cols, rows], true) {
+            Err(DecodeError::NonFinite { index, value }) => {
+                assert_eq!(index, 5 * cols + 30);
+                assert_eq!(value, f32::NEG_INFINITY);
+            }
+            other => panic!("expected a non-finite error, got {other:?}"),
         }
     }
 

@@ -274,11 +274,14 @@ impl<B: Backend> LoraMerger<B> {
                 .base_max
                 .entry(index)
                 .or_insert_with(|| weight.clone().abs().max().into_scalar().elem::<f32>());
-            let merged = weight + delta;
+            // `delta` is the left operand: burn-flex adds in place into a uniquely owned lhs,
+            // so the merged weight reuses the matmul's buffer instead of allocating another.
+            let merged = delta + weight;
             // |W + D| <= max|W| + bound: when that is far from f32's range the result is
             // finite without reading it again; only a pathological base or adapter gets the
             // explicit check.
-            if !(base_max + bound < f32::MAX / 2.0) && !all_finite(merged.clone()) {
+            let provably_finite = base_max + bound < f32::MAX / 2.0;
+            if !provably_finite && !all_finite(merged.clone()) {
                 let (scaled, module) = modules[0];
                 return Err(StylusError::tensor(
                     &scaled.adapter.path,
@@ -376,10 +379,13 @@ struct RawBase<B: Backend> {
     bias: Option<Tensor<B, 1>>,
 }
 
+/// A visited target's (weight matrix, is `Linear`) and bias.
+type BaseSlot<B> = (Option<(Tensor<B, 2>, bool)>, Option<Tensor<B, 1>>);
+
 /// Collects the base tensors of the targets a merge changes (handles sharing the base storage).
 struct BaseReader<B: Backend> {
     /// Module id -> (weight, linear, bias) once visited.
-    wanted: HashMap<String, (Option<(Tensor<B, 2>, bool)>, Option<Tensor<B, 1>>)>,
+    wanted: HashMap<String, BaseSlot<B>>,
 }
 
 impl<B: Backend> BaseReader<B> {
