@@ -253,3 +253,27 @@ fn cached_sets_are_not_merged_again_and_render_the_same_parameters() {
     }
     assert_eq!(tight.cache_stats().merges, 3);
 }
+
+#[test]
+fn a_switch_from_a_cached_set_recomputes_from_that_set_not_the_last_merge() {
+    // A merge recomputes only the targets that change from the set it switches from; with a
+    // cache that set is whichever was used last (here A, a hit after B was merged), so its
+    // own targets, not B's, must be the starting point.
+    let a = [strength("kohya_lora.safetensors", 0.8)];
+    let b = [strength("peft.safetensors", -0.5)];
+    let a_and_b = [a[0].clone(), b[0].clone()];
+    let cached = merger(DType::F32).with_cache_budget(64 << 20);
+    for set in [&a[..], &b[..], &a[..]] {
+        cached.models_for(set).unwrap();
+    }
+    let switched = snapshot(&cached.models_for(&a_and_b).unwrap());
+    let switched_to_b = snapshot(&cached.models_for(&b).unwrap());
+
+    let fresh = merger(DType::F32);
+    assert_eq!(switched, snapshot(&fresh.models_for(&a_and_b).unwrap()));
+    assert_eq!(switched_to_b, snapshot(&fresh.models_for(&b).unwrap()));
+    assert_eq!(
+        snapshot(&cached.models_for(&[]).unwrap()),
+        snapshot(&cached.base())
+    );
+}

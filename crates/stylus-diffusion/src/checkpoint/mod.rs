@@ -14,8 +14,10 @@
 //! keys are our module paths already (see [`crate::models::parameters`] to enumerate them).
 
 pub mod apply;
+pub mod decode;
 pub mod diffusers;
 pub mod infer;
+pub mod mapped;
 pub mod mapping;
 pub mod report;
 pub mod safetensors_file;

@@ -1,16 +1,20 @@
 //! Reading tensors out of a `.safetensors` file with typed errors: truncated or malformed files,
 //! non-float tensors and non-finite values are reported with the file and the tensor name.
+//!
+//! The file is memory-mapped ([`super::mapped`]), never read whole into memory; each tensor is
+//! decoded from the mapped bytes in one pass ([`super::decode`]) and its pages are handed back
+//! right after, so a load's peak memory is the model plus about one tensor.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{DType, TensorData};
-use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use stylus_core::{Result, StylusError};
 
-use crate::lora::file::decode_floats;
+use super::decode::{DecodeError, decode};
+use super::mapped::FileBytes;
 
 /// File extensions of pickle-based PyTorch checkpoints, which can run arbitrary code on load.
 const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl"];
@@ -45,28 +49,33 @@ pub struct TensorEntry {
     range: (usize, usize),
 }
 
-/// A safetensors file read into memory, with its header parsed and validated.
+/// A memory-mapped safetensors file, with its header parsed and validated. Clones share the map.
 #[derive(Debug, Clone)]
 pub struct SafetensorsFile {
     path: PathBuf,
-    bytes: Arc<Vec<u8>>,
+    bytes: Arc<FileBytes>,
     entries: BTreeMap<String, TensorEntry>,
 }
 
 impl SafetensorsFile {
-    /// Reads and validates `path` (header, offsets, file length). Pickle files are refused.
+    /// Maps and validates `path` (header, offsets, file length). Pickle files are refused.
     pub fn open(path: &Path) -> Result<Self> {
         refuse_pickle(path)?;
-        let bytes = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
-        Self::from_bytes(path, bytes)
+        Self::parse(path, FileBytes::map(path)?)
     }
 
     /// Parses an in-memory safetensors image; `path` names it in errors.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(path, FileBytes::from_vec(bytes))
+    }
+
+    fn parse(path: &Path, bytes: FileBytes) -> Result<Self> {
         let invalid = |message: String| StylusError::Safetensors {
             path: path.to_path_buf(),
             message,
         };
+        // `read_metadata` checks the header size limit, the offsets and the file length; the
+        // entries below are owned copies, so nothing structural is read from the map again.
         let (header_len, metadata) =
             SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
         let data_start = 8 + header_len;
@@ -99,9 +108,22 @@ impl SafetensorsFile {
         &self.entries
     }
 
-    /// The tensor `key` converted to `dtype` (F32, F16 or BF16), reshaped to `shape` (which must
-    /// have as many elements), after checking that every value is finite.
-    pub fn float_data(&self, key: &str, dtype: DType, shape: &[usize]) -> Result<TensorData> {
+    /// An error if the mapped file was rewritten in place since it was opened (see
+    /// [`FileBytes::check_unchanged`]).
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.bytes.check_unchanged(&self.path)
+    }
+
+    /// The tensor `key` converted to `dtype` (F32, F16 or BF16) with `shape` (which must have as
+    /// many elements), after checking that every value is finite. With `transpose_2d` the stored
+    /// tensor is a PyTorch `Linear` weight `[out, in]` and `shape` is burn's `[in, out]`.
+    pub fn float_data(
+        &self,
+        key: &str,
+        dtype: DType,
+        shape: &[usize],
+        transpose_2d: bool,
+    ) -> Result<TensorData> {
         let tensor_error = |message: String| StylusError::Tensor {
             path: self.path.clone(),
             key: key.to_string(),
@@ -111,35 +133,25 @@ impl SafetensorsFile {
             .entries
             .get(key)
             .ok_or_else(|| tensor_error("not in the file".into()))?;
-        let values = decode_floats(&self.bytes[entry.range.0..entry.range.1], entry.dtype)
-            .ok_or_else(|| tensor_error(format!("dtype {:?} is not a float type", entry.dtype)))?;
-        if values.len() != shape.iter().product::<usize>() {
+        let bytes = &self.bytes[entry.range.0..entry.range.1];
+        let count = bytes.len() / (entry.dtype.bitsize() / 8).max(1);
+        if count != shape.iter().product::<usize>() {
             return Err(tensor_error(format!(
-                "{} values cannot be viewed as shape {shape:?}",
-                values.len()
+                "{count} values cannot be viewed as shape {shape:?}"
             )));
         }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(tensor_error(format!(
-                "contains a non-finite value ({}) at flat index {index}",
-                values[index]
-            )));
-        }
-        Ok(match dtype {
-            DType::F16 => TensorData::new(
-                values.into_iter().map(f16::from_f32).collect(),
-                shape.to_vec(),
-            ),
-            DType::BF16 => TensorData::new(
-                values.into_iter().map(bf16::from_f32).collect(),
-                shape.to_vec(),
-            ),
-            DType::F32 => TensorData::new(values, shape.to_vec()),
-            other => {
-                return Err(StylusError::Device(format!(
-                    "model dtype {other:?} is not supported (use F32, F16 or BF16)"
-                )));
+        let data = decode(bytes, entry.dtype, dtype, shape, transpose_2d);
+        self.bytes.release(entry.range.0..entry.range.1);
+        data.map_err(|error| match error {
+            DecodeError::NotFloat => {
+                tensor_error(format!("dtype {:?} is not a float type", entry.dtype))
             }
+            DecodeError::NonFinite { index, value } => tensor_error(format!(
+                "contains a non-finite value ({value}) at flat index {index}"
+            )),
+            DecodeError::UnsupportedTarget(other) => StylusError::Device(format!(
+                "model dtype {other:?} is not supported (use F32, F16 or BF16)"
+            )),
         })
     }
 }

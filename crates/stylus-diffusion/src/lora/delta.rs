@@ -234,3 +234,80 @@ pub fn apply_module<B: Backend>(
     let change = (decomposed - weight.clone()).mul_scalar(strength);
     (weight + change, bias)
 }
+
+/// Whether `module` is a plain low-rank product `up @ down` (no Tucker core, no DoRA): the
+/// modules whose changes add up linearly, so several can share one matmul.
+pub fn is_plain_lora(module: &AdapterModule) -> bool {
+    module.dora.is_none() && matches!(module.kind, AdapterKind::Lora { mid: None, .. })
+}
+
+/// The summed change `sum_m strength_m * scale_m * up_m @ down_m` of plain LoRA modules
+/// ([`is_plain_lora`]) on one target, as a single matmul over the concatenated factors (ranks
+/// stacked), computed directly in the base weight's layout: `[in, out]` for a burn `Linear`
+/// (`linear`), `[out, in*kh*kw]` otherwise, so the base is never transposed.
+///
+/// Also returns a bound on the absolute value of every entry, `sum_r max|down_r| * max|up_r|`
+/// over the stacked ranks (scaled), which lets the caller prove the merged weight finite without
+/// reading it again.
+pub fn fused_lora_delta<B: Backend>(
+    modules: &[(f32, &AdapterModule)],
+    target: &TargetModule,
+    linear: bool,
+    device: &B::Device,
+) -> (Tensor<B, 2>, f32) {
+    let out = target.out_features();
+    let cols = target.in_elements();
+    let factors: Vec<(&Factor, &Factor, f32)> = modules
+        .iter()
+        .filter_map(|(strength, module)| match &module.kind {
+            AdapterKind::Lora { up, down, .. } => Some((up, down, strength * module.scale)),
+            _ => None,
+        })
+        .collect();
+    let rank: usize = factors.iter().map(|(up, _, _)| up.cols()).sum();
+    // `left` is [out, R] (conv) or, transposed, [R, out] (linear); `right` is [R, cols] (conv)
+    // or [cols, R] (linear). Row-major, built on the host: the factors are small.
+    let mut left = vec![0.0f32; out * rank];
+    let mut right = vec![0.0f32; rank * cols];
+    let mut bound = 0.0f32;
+    let mut offset = 0;
+    for (up, down, scale) in factors {
+        let r = up.cols();
+        for k in 0..r {
+            let mut up_max = 0.0f32;
+            for o in 0..out {
+                let value = up.values[o * r + k] * scale;
+                up_max = up_max.max(value.abs());
+                let index = if linear {
+                    (offset + k) * out + o
+                } else {
+                    o * rank + offset + k
+                };
+                left[index] = value;
+            }
+            let mut down_max = 0.0f32;
+            for c in 0..cols {
+                let value = down.values[k * cols + c];
+                down_max = down_max.max(value.abs());
+                let index = if linear {
+                    c * rank + offset + k
+                } else {
+                    (offset + k) * cols + c
+                };
+                right[index] = value;
+            }
+            bound += up_max * down_max;
+        }
+        offset += r;
+    }
+    let delta = if linear {
+        let right = Tensor::<B, 2>::from_data(TensorData::new(right, [cols, rank]), device);
+        let left = Tensor::<B, 2>::from_data(TensorData::new(left, [rank, out]), device);
+        right.matmul(left)
+    } else {
+        let left = Tensor::<B, 2>::from_data(TensorData::new(left, [out, rank]), device);
+        let right = Tensor::<B, 2>::from_data(TensorData::new(right, [rank, cols]), device);
+        left.matmul(right)
+    };
+    (delta, bound)
+}

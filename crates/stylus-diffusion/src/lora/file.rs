@@ -1,14 +1,18 @@
-//! A safetensors file held in memory with its header validated: tensor entries, string metadata,
+//! A memory-mapped safetensors file with its header validated: tensor entries, string metadata,
 //! values decoded to f32, raw bytes (for dtype-preserving rewrites) and the kohya content hash.
+//! The map follows [`crate::checkpoint::mapped`] (read-only, header copied out at open).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use stylus_core::{Result, StylusError};
 
+use crate::checkpoint::decode::{DecodeError, to_f32};
+use crate::checkpoint::mapped::FileBytes;
 use crate::checkpoint::safetensors_file::refuse_pickle;
 
 /// One tensor's header entry.
@@ -29,27 +33,31 @@ impl TensorInfo {
     }
 }
 
-/// A validated safetensors file (header at most 100 MB, offsets in range, known dtypes), read
-/// into memory. Pickle files are refused by extension before anything is read.
+/// A validated safetensors file (header at most 100 MB, offsets in range, known dtypes),
+/// memory-mapped. Pickle files are refused by extension before anything is read. Clones share
+/// the map.
 #[derive(Debug, Clone)]
 pub struct TensorFile {
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: Arc<FileBytes>,
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
     metadata: BTreeMap<String, String>,
 }
 
 impl TensorFile {
-    /// Reads and validates `path`.
+    /// Maps and validates `path`.
     pub fn open(path: &Path) -> Result<Self> {
         refuse_pickle(path)?;
-        let bytes = std::fs::read(path).map_err(|e| StylusError::io(path, e))?;
-        Self::from_bytes(path, bytes)
+        Self::parse(path, FileBytes::map(path)?)
     }
 
     /// Parses an in-memory safetensors image; `path` names it in errors.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(path, FileBytes::from_vec(bytes))
+    }
+
+    fn parse(path: &Path, bytes: FileBytes) -> Result<Self> {
         let invalid = |message: String| StylusError::Safetensors {
             path: path.to_path_buf(),
             message,
@@ -77,7 +85,7 @@ impl TensorFile {
             .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
-            bytes,
+            bytes: Arc::new(bytes),
             data_start: 8 + header_len,
             tensors,
             metadata,
@@ -116,24 +124,18 @@ impl TensorFile {
     /// errors naming the tensor.
     pub fn f32(&self, key: &str) -> Result<Vec<f32>> {
         let info = self.info(key)?;
-        let values = decode_floats(self.raw(key)?, info.dtype).ok_or_else(|| {
-            StylusError::tensor(
-                &self.path,
-                key,
-                format!(
+        to_f32(self.raw(key)?, info.dtype).map_err(|error| {
+            let message = match error {
+                DecodeError::NonFinite { index, value } => {
+                    format!("non-finite value {value} at flat index {index}")
+                }
+                _ => format!(
                     "dtype {:?} is not a float type (F16, BF16, F32 or F64)",
                     info.dtype
                 ),
-            )
-        })?;
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(StylusError::tensor(
-                &self.path,
-                key,
-                format!("non-finite value {} at flat index {index}", values[index]),
-            ));
-        }
-        Ok(values)
+            };
+            StylusError::tensor(&self.path, key, message)
+        })
     }
 
     /// The single value of a one-element tensor of any numeric dtype (alphas, flags).

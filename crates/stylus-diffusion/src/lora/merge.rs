@@ -30,7 +30,8 @@ pub struct ScaledAdapter<'a> {
 }
 
 impl ScaledAdapter<'_> {
-    fn strength(&self, network: Network) -> f32 {
+    /// The multiplier of this adapter's modules on `network`.
+    pub fn strength(&self, network: Network) -> f32 {
         match network {
             Network::Unet => self.unet,
             Network::TextEncoder => self.text_encoder,
@@ -62,15 +63,11 @@ pub fn check_strength(strength: f32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Merges `adapters` (applied in order) into the base weights that `base` returns for each
-/// touched target. Returns the merged weights, or an error naming the module when a result is
-/// not finite; nothing is partially applied because nothing is written here.
-pub fn merge_targets<B: Backend>(
-    table: &TargetTable,
-    adapters: &[ScaledAdapter<'_>],
-    mut base: impl FnMut(&TargetModule) -> Result<BaseTensors<B>>,
-    device: &B::Device,
-) -> Result<Vec<MergedWeight<B>>> {
+/// The modules of `adapters` with a non-zero strength, grouped by target in application order,
+/// each with its strength; strengths are checked first.
+pub fn modules_by_target<'a>(
+    adapters: &'a [ScaledAdapter<'a>],
+) -> Result<BTreeMap<usize, Vec<(&'a ScaledAdapter<'a>, &'a AdapterModule)>>> {
     let mut by_target: BTreeMap<usize, Vec<(&ScaledAdapter<'_>, &AdapterModule)>> = BTreeMap::new();
     for scaled in adapters {
         check_strength(scaled.unet, &scaled.adapter.path.display().to_string())?;
@@ -87,8 +84,35 @@ pub fn merge_targets<B: Backend>(
             }
         }
     }
+    Ok(by_target)
+}
+
+/// Merges `adapters` (applied in order) into the base weights that `base` returns for each
+/// touched target. Returns the merged weights, or an error naming the module when a result is
+/// not finite; nothing is partially applied because nothing is written here.
+pub fn merge_targets<B: Backend>(
+    table: &TargetTable,
+    adapters: &[ScaledAdapter<'_>],
+    base: impl FnMut(&TargetModule) -> Result<BaseTensors<B>>,
+    device: &B::Device,
+) -> Result<Vec<MergedWeight<B>>> {
+    merge_selected(table, adapters, |_| true, base, device)
+}
+
+/// [`merge_targets`] restricted to the targets `selected` accepts (by table index).
+pub fn merge_selected<B: Backend>(
+    table: &TargetTable,
+    adapters: &[ScaledAdapter<'_>],
+    selected: impl Fn(usize) -> bool,
+    mut base: impl FnMut(&TargetModule) -> Result<BaseTensors<B>>,
+    device: &B::Device,
+) -> Result<Vec<MergedWeight<B>>> {
+    let by_target = modules_by_target(adapters)?;
     let mut merged = Vec::with_capacity(by_target.len());
     for (target_index, modules) in by_target {
+        if !selected(target_index) {
+            continue;
+        }
         let target = table.module(target_index);
         let (mut weight, mut bias) = base(target)?;
         let original_bias = bias.is_some();
@@ -134,6 +158,6 @@ pub fn merge_targets<B: Backend>(
 }
 
 /// Whether every value of `tensor` is finite.
-fn all_finite<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> bool {
+pub fn all_finite<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> bool {
     tensor.is_finite().all().into_scalar().elem::<bool>()
 }

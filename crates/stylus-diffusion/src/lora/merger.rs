@@ -1,25 +1,35 @@
 //! [`LoraMerger`]: makes a weighted adapter set active on the UNet and the text encoder without
 //! touching the base weights.
 //!
-//! The merger keeps the base modules and, for each set, builds the active modules as a clone of
-//! the base (burn clones share tensor storage) in which only the parameters an adapter touches
-//! are replaced, through a path-tracking [`ModuleMapper`]. Switching sets therefore costs the
-//! touched weights only, and the empty set gives back the base itself, bit for bit. Math runs in
-//! f32 ([`super::merge`]); results are cast to each parameter's dtype. burn's `Linear` stores
-//! `[in, out]`, the transpose of PyTorch's layout, which is handled at the boundary.
+//! The merger keeps the base modules and one or more merged sets (the last used is the active
+//! one; [`LoraMerger::with_cache_budget`] keeps others, least recently used evicted first). A set
+//! is a clone of the base (burn clones share tensor storage) in which only the parameters an
+//! adapter touches are replaced, through a path-tracking [`ModuleMapper`]. A new set starts from
+//! the active one and recomputes only the targets whose contributions (adapter, strength, order)
+//! change, giving dropped targets their base tensor back, so a switch costs the weights that
+//! change and the empty set restores the base bit for bit.
+//!
+//! A target touched only by plain LoRAs (the common case) is merged in one pass: the factors of
+//! all its adapters are stacked into one rank-`sum r` product, one matmul computes the summed
+//! change directly in the base weight's burn layout (`[in, out]` for a `Linear`, no transposes),
+//! and one add writes the merged weight. Finiteness is proved from a bound (max |W| of the base,
+//! read once per target and cached, plus a bound of the factors) instead of a pass over the
+//! result. Other algorithms (LoHa, LoKr, full, IA3, DoRA, Tucker) take the general per-module
+//! path of [`super::merge`] in f32 PyTorch layout. Results are cast to each parameter's dtype.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, DType, ElementConversion as _, Int, Tensor};
 use stylus_core::{AdapterMergeStats, MergeReport, Merger, ResolvedAdapter, Result, StylusError};
 
-use super::adapter::LoraAdapter;
-use super::merge::{BaseTensors, MergedWeight, ScaledAdapter, merge_targets};
+use super::adapter::{AdapterModule, LoraAdapter};
+use super::delta::{fused_lora_delta, is_plain_lora};
+use super::merge::{BaseTensors, ScaledAdapter, all_finite, merge_selected, modules_by_target};
 use super::parse::{ParseOptions, load_adapter};
 use super::targets::{Network, TargetTable};
 use crate::models::clip::ClipTextModel;
@@ -52,6 +62,9 @@ struct MergedSet<B: Backend> {
     models: ActiveModels<B>,
     /// Bytes of the parameters the merge replaced (at f32); the rest shares the base's storage.
     bytes: usize,
+    /// The contributions each touched target holds: a switch from this set recomputes only the
+    /// targets whose contributions change.
+    targets: BTreeMap<usize, Signature>,
 }
 
 #[derive(Debug)]
@@ -62,6 +75,10 @@ struct MergerState<B: Backend> {
     merged: Vec<MergedSet<B>>,
     /// Parsed adapters by path: switching masks re-merges, it does not re-read files.
     parsed: HashMap<PathBuf, Arc<LoraAdapter>>,
+    /// max |W| of each base weight merged into so far (the finiteness bound, read once).
+    base_max: HashMap<usize, f32>,
+    /// Bytes (at f32) of each target's merged tensors, for the cache's accounting.
+    target_bytes: HashMap<usize, usize>,
 }
 
 /// What the merged-set cache did since the merger was made (for a server's metrics).
@@ -76,6 +93,9 @@ pub struct MergeCacheStats {
     /// Bytes they hold beyond the base.
     pub bytes: usize,
 }
+
+/// The adapters applied to one target, in order: (file, strength bits).
+type Signature = Vec<(PathBuf, u32)>;
 
 /// Merges weighted LoRA sets into a copy of a base UNet + text encoder (see the module docs).
 #[derive(Debug)]
@@ -115,9 +135,12 @@ impl<B: Backend> LoraMerger<B> {
                     set: Vec::new(),
                     models: base.clone(),
                     bytes: 0,
+                    targets: BTreeMap::new(),
                 }],
                 base,
                 parsed: HashMap::new(),
+                base_max: HashMap::new(),
+                target_bytes: HashMap::new(),
             }),
             merges: Default::default(),
             hits: Default::default(),
@@ -224,34 +247,134 @@ impl<B: Backend> LoraMerger<B> {
                 text_encoder: strength.text_encoder,
             })
             .collect();
+        let by_target = modules_by_target(&scaled)?;
+        // The set switched from (cheap clones sharing storage: `state` changes while they are
+        // read).
+        let active_models = state.active().models.clone();
+        let active_targets = state.active().targets.clone();
 
-        // Read the base tensors of the touched targets, then merge them.
-        let touched: BTreeSet<usize> = scaled
+        // Only targets whose contributions differ from what `active` holds are touched: new or
+        // changed ones are merged from the base, dropped ones get the base tensor back.
+        let signatures: BTreeMap<usize, Signature> = by_target
             .iter()
-            .flat_map(|s| {
-                s.adapter.modules.iter().filter(move |m| match m.network {
-                    Network::Unet => s.unet != 0.0,
-                    Network::TextEncoder => s.text_encoder != 0.0,
-                })
+            .map(|(target, modules)| {
+                let signature = modules
+                    .iter()
+                    .map(|(s, m)| (s.adapter.path.clone(), s.strength(m.network).to_bits()))
+                    .collect();
+                (*target, signature)
             })
-            .map(|m| m.target)
             .collect();
-        let mut reader = BaseReader::<B>::new(&self.table, &touched);
+        let changed: BTreeSet<usize> = signatures
+            .iter()
+            .filter(|(target, signature)| active_targets.get(target) != Some(signature))
+            .map(|(target, _)| *target)
+            .chain(
+                active_targets
+                    .keys()
+                    .filter(|target| !signatures.contains_key(target))
+                    .copied(),
+            )
+            .collect();
+        let mut reader = BaseReader::<B>::new(&self.table, &changed);
         state.base.unet.visit(&mut reader.visitor());
         state.base.text_encoder.visit(&mut reader.visitor());
-        let merged = merge_targets(
+
+        // Targets with anything but plain LoRAs (LoHa, LoKr, full, IA3, DoRA, Tucker) go through
+        // the general per-module path, in f32 PyTorch layout.
+        let fused = |target: usize| {
+            by_target
+                .get(&target)
+                .is_some_and(|modules| modules.iter().all(|(_, m)| is_plain_lora(m)))
+        };
+        let general = merge_selected(
             &self.table,
             &scaled,
-            |target| reader.take(&target.id),
+            |target| changed.contains(&target) && !fused(target),
+            |target| reader.pytorch(&target.id),
             &self.device,
         )?;
+        let mut replacements: HashMap<String, Replacement<B>> = HashMap::new();
+        for merged in general {
+            let id = &self.table.module(merged.target).id;
+            let base = reader.raw(id)?;
+            replacements.insert(
+                id.clone(),
+                Replacement {
+                    weight: merged.weight,
+                    pytorch_layout: true,
+                    bias_changed: merged.bias.is_some(),
+                    bias: merged.bias.or(base.bias),
+                },
+            );
+        }
+        for &index in &changed {
+            let target = self.table.module(index);
+            if replacements.contains_key(&target.id) {
+                continue;
+            }
+            let base = reader.raw(&target.id)?;
+            let Some(modules) = by_target.get(&index) else {
+                replacements.insert(
+                    target.id.clone(),
+                    Replacement {
+                        weight: base.weight,
+                        pytorch_layout: false,
+                        bias_changed: false,
+                        bias: base.bias,
+                    },
+                );
+                continue;
+            };
+            let strengths: Vec<(f32, &AdapterModule)> = modules
+                .iter()
+                .map(|(s, m)| (s.strength(m.network), *m))
+                .collect();
+            let (delta, bound) =
+                fused_lora_delta::<B>(&strengths, target, base.linear, &self.device);
+            let dtype = base.weight.dtype();
+            let weight = base.weight.cast(DType::F32);
+            let base_max = *state
+                .base_max
+                .entry(index)
+                .or_insert_with(|| weight.clone().abs().max().into_scalar().elem::<f32>());
+            // `delta` is the left operand: burn-flex adds in place into a uniquely owned lhs,
+            // so the merged weight reuses the matmul's buffer instead of allocating another.
+            let merged = delta + weight;
+            // |W + D| <= max|W| + bound: when that is far from f32's range the result is
+            // finite without reading it again; only a pathological base or adapter gets the
+            // explicit check.
+            let provably_finite = base_max + bound < f32::MAX / 2.0;
+            if !provably_finite && !all_finite(merged.clone()) {
+                let (scaled, module) = modules[0];
+                return Err(StylusError::tensor(
+                    &scaled.adapter.path,
+                    &module.name,
+                    format!(
+                        "merging into `{}` gives non-finite weights; nothing was applied",
+                        target.id
+                    ),
+                ));
+            }
+            replacements.insert(
+                target.id.clone(),
+                Replacement {
+                    weight: merged.cast(dtype),
+                    pytorch_layout: false,
+                    bias_changed: false,
+                    bias: base.bias,
+                },
+            );
+        }
 
-        let mut unet_writer = ParameterWriter::new(&self.table, &merged, Network::Unet);
-        let mut text_writer = ParameterWriter::new(&self.table, &merged, Network::TextEncoder);
-        let unet = state.base.unet.clone().map(&mut unet_writer);
-        let text_encoder = state.base.text_encoder.clone().map(&mut text_writer);
+        let mut unet_writer = ParameterWriter::new(&self.table, &replacements, Network::Unet);
+        let mut text_writer =
+            ParameterWriter::new(&self.table, &replacements, Network::TextEncoder);
+        let unet = active_models.unet.clone().map(&mut unet_writer);
+        let text_encoder = active_models.text_encoder.clone().map(&mut text_writer);
         let written = unet_writer.written + text_writer.written;
-        let expected = merged.len() + merged.iter().filter(|m| m.bias.is_some()).count();
+        let expected =
+            replacements.len() + replacements.values().filter(|r| r.bias.is_some()).count();
         if written != expected {
             return Err(StylusError::Model {
                 path: adapters.first().map(|a| a.path.clone()).unwrap_or_default(),
@@ -262,22 +385,33 @@ impl<B: Backend> LoraMerger<B> {
         }
         self.merges
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let bytes = merged
-            .iter()
-            .map(|m| {
-                let bias = m.bias.as_ref().map_or(0, |b| b.shape().num_elements());
-                (m.weight.shape().num_elements() + bias) * size_of::<f32>()
-            })
+        for (id, replacement) in &replacements {
+            if let Some(index) = self.table.by_id(id) {
+                let bias = replacement
+                    .bias
+                    .as_ref()
+                    .map_or(0, |b| b.shape().num_elements());
+                let elements = replacement.weight.shape().num_elements() + bias;
+                state
+                    .target_bytes
+                    .insert(index, elements * size_of::<f32>());
+            }
+        }
+        // The set holds its own tensor for every target an adapter touches, merged now or
+        // carried over from the set it was switched from.
+        let bytes = signatures
+            .keys()
+            .map(|index| state.target_bytes.get(index).copied().unwrap_or(0))
             .sum();
         state.merged.retain(|m| m.set != adapters);
         state.merged.push(MergedSet {
             set: adapters.to_vec(),
             models: ActiveModels { text_encoder, unet },
             bytes,
+            targets: signatures,
         });
         // Evict the least recently used sets (never the active one) down to the budget.
-        let active_bytes = bytes;
-        let mut kept: usize = state.merged.iter().map(|m| m.bytes).sum::<usize>() - active_bytes;
+        let mut kept: usize = state.merged.iter().map(|m| m.bytes).sum::<usize>() - bytes;
         while kept > self.cache_budget && state.merged.len() > 1 {
             kept -= state.merged.remove(0).bytes;
         }
@@ -292,7 +426,10 @@ impl<B: Backend> LoraMerger<B> {
                     unmatched_modules: adapter.unmatched.clone(),
                 })
                 .collect(),
-            touched_parameters: written,
+            // Weights merged or restored, plus biases an adapter changed (restored biases are the
+            // base's own tensors).
+            touched_parameters: replacements.len()
+                + replacements.values().filter(|r| r.bias_changed).count(),
             millis: started.elapsed().as_secs_f64() * 1000.0,
         })
     }
@@ -334,12 +471,21 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     }
 }
 
-/// A touched target's base weight `[out, in*kh*kw]` and bias, once read.
-type BaseSlot<B> = (Option<Tensor<B, 2>>, Option<Tensor<B, 1>>);
+/// A touched target's base tensors as the model holds them (its dtype), the weight as a matrix
+/// in burn layout: `[in, out]` for a `Linear` (`linear`), `[out, in*kh*kw]` for a convolution.
+#[derive(Debug, Clone)]
+struct RawBase<B: Backend> {
+    weight: Tensor<B, 2>,
+    linear: bool,
+    bias: Option<Tensor<B, 1>>,
+}
 
-/// Collects, in f32 PyTorch layout, the base weights and biases of the touched targets.
+/// A visited target's (weight matrix, is `Linear`) and bias.
+type BaseSlot<B> = (Option<(Tensor<B, 2>, bool)>, Option<Tensor<B, 1>>);
+
+/// Collects the base tensors of the targets a merge changes (handles sharing the base storage).
 struct BaseReader<B: Backend> {
-    /// Module id -> base tensors.
+    /// Module id -> (weight, linear, bias) once visited.
     wanted: HashMap<String, BaseSlot<B>>,
 }
 
@@ -359,14 +505,30 @@ impl<B: Backend> BaseReader<B> {
         }
     }
 
-    fn take(&mut self, id: &str) -> Result<BaseTensors<B>> {
-        match self.wanted.remove(id) {
-            Some((Some(weight), bias)) => Ok((weight, bias)),
+    fn raw(&self, id: &str) -> Result<RawBase<B>> {
+        match self.wanted.get(id) {
+            Some((Some((weight, linear)), bias)) => Ok(RawBase {
+                weight: weight.clone(),
+                linear: *linear,
+                bias: bias.clone(),
+            }),
             _ => Err(StylusError::Model {
                 path: PathBuf::new(),
                 message: format!("module `{id}` has no weight in the model"),
             }),
         }
+    }
+
+    /// The base in f32 PyTorch layout (`[out, in*kh*kw]`), for the general merge path.
+    fn pytorch(&self, id: &str) -> Result<BaseTensors<B>> {
+        let raw = self.raw(id)?;
+        let weight = raw.weight.cast(DType::F32);
+        let weight = if raw.linear {
+            weight.transpose()
+        } else {
+            weight
+        };
+        Ok((weight, raw.bias.map(|b| b.cast(DType::F32))))
     }
 }
 
@@ -393,9 +555,14 @@ impl<B: Backend> ModuleVisitor<B> for PathVisitor<'_, B> {
         let Some(slot) = self.reader.wanted.get_mut(&id) else {
             return;
         };
-        let value = param.val().cast(DType::F32);
+        let value = param.val();
+        let dims = value.dims();
         match field.as_str() {
-            "weight" => slot.0 = Some(to_pytorch_matrix(value)),
+            // 2-D weights are `Linear` ([in, out] in burn), 4-D ones convolutions.
+            "weight" => {
+                let rest = dims[1..].iter().product::<usize>();
+                slot.0 = Some((value.reshape([dims[0], rest]), D == 2));
+            }
             "bias" => {
                 let count = value.shape().num_elements();
                 slot.1 = Some(value.reshape([count]));
@@ -409,47 +576,50 @@ impl<B: Backend> ModuleVisitor<B> for PathVisitor<'_, B> {
     fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<B, D, Bool>>) {}
 }
 
-/// A burn weight as the PyTorch-layout matrix `[out, in*kh*kw]`: 2-D weights are `Linear`
-/// (`[in, out]` in burn), 4-D ones convolutions (`[out, in, kh, kw]` as in PyTorch).
-fn to_pytorch_matrix<B: Backend, const D: usize>(weight: Tensor<B, D>) -> Tensor<B, 2> {
-    let dims = weight.dims();
-    if D == 2 {
-        weight.reshape([dims[0], dims[1]]).transpose()
-    } else {
-        let rest = dims[1..].iter().product::<usize>();
-        weight.reshape([dims[0], rest])
-    }
+/// The new value of one changed target.
+#[derive(Debug, Clone)]
+struct Replacement<B: Backend> {
+    /// `[out, in*kh*kw]` f32 when `pytorch_layout`, else burn layout in the parameter's dtype.
+    weight: Tensor<B, 2>,
+    pytorch_layout: bool,
+    /// The bias to hold (the base one unless an adapter changed it).
+    bias: Option<Tensor<B, 1>>,
+    /// Whether an adapter changed the bias.
+    bias_changed: bool,
 }
 
-/// Replaces the touched parameters of one network with their merged values.
-struct ParameterWriter<B: Backend> {
+/// Writes the replacements of one network into a clone of the active models.
+struct ParameterWriter<'a, B: Backend> {
     path: Vec<String>,
-    /// Module id -> merged (weight, bias), f32 PyTorch layout.
-    merged: HashMap<String, (Tensor<B, 2>, Option<Tensor<B, 1>>)>,
+    /// Module id -> replacement.
+    replacements: HashMap<&'a str, &'a Replacement<B>>,
     written: usize,
 }
 
-impl<B: Backend> ParameterWriter<B> {
-    fn new(table: &TargetTable, merged: &[MergedWeight<B>], network: Network) -> Self {
-        let merged = merged
+impl<'a, B: Backend> ParameterWriter<'a, B> {
+    fn new(
+        table: &TargetTable,
+        replacements: &'a HashMap<String, Replacement<B>>,
+        network: Network,
+    ) -> Self {
+        let replacements = replacements
             .iter()
-            .filter(|m| table.module(m.target).network == network)
-            .map(|m| {
-                (
-                    table.module(m.target).id.clone(),
-                    (m.weight.clone(), m.bias.clone()),
-                )
+            .filter(|(id, _)| {
+                table
+                    .by_id(id)
+                    .is_some_and(|index| table.module(index).network == network)
             })
+            .map(|(id, replacement)| (id.as_str(), replacement))
             .collect();
         Self {
             path: Vec::new(),
-            merged,
+            replacements,
             written: 0,
         }
     }
 }
 
-impl<B: Backend> ModuleMapper<B> for ParameterWriter<B> {
+impl<B: Backend> ModuleMapper<B> for ParameterWriter<'_, B> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -462,14 +632,14 @@ impl<B: Backend> ModuleMapper<B> for ParameterWriter<B> {
         let Some((field, module)) = self.path.split_last() else {
             return param;
         };
-        let Some((weight, bias)) = self.merged.get(&module.join(".")) else {
+        let Some(&target) = self.replacements.get(module.join(".").as_str()) else {
             return param;
         };
         let replacement: Option<Tensor<B, 2>> = match field.as_str() {
             // burn's Linear weight is [in, out].
-            "weight" if D == 2 => Some(weight.clone().transpose()),
-            "weight" => Some(weight.clone()),
-            "bias" => bias.clone().map(|b| {
+            "weight" if D == 2 && target.pytorch_layout => Some(target.weight.clone().transpose()),
+            "weight" => Some(target.weight.clone()),
+            "bias" => target.bias.clone().map(|b| {
                 let count = b.dims()[0];
                 b.reshape([1, count])
             }),

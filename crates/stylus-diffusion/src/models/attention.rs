@@ -135,9 +135,7 @@ impl<B: Backend> VaeAttention<B> {
     /// `x + attention(group_norm(x))` on `[b, c, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, channels, height, width] = x.dims();
-        let hidden = self
-            .group_norm
-            .forward(x.clone())
+        let hidden = super::fused::group_norm(&self.group_norm, x.clone(), false)
             .reshape([batch, channels, height * width])
             .swap_dims(1, 2);
         let query = self.to_q.forward(hidden.clone());

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod fused;
 pub mod parameters;
 pub mod resnet;
 pub mod unet;

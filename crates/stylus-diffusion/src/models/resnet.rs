@@ -8,6 +8,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use super::fused::group_norm;
+
 /// A 3x3 convolution with padding 1 (the only kind the SD networks use besides 1x1).
 pub fn conv3x3<B: Backend>(
     channels_in: usize,
@@ -74,12 +76,12 @@ impl<B: Backend> ResnetBlock2D<B> {
 
     /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + temb)))`.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut hidden = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut hidden = self.conv1.forward(group_norm(&self.norm1, x.clone(), true));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let temb = proj.forward(silu(temb.clone()));
             hidden = hidden + temb.unsqueeze_dim::<3>(2).unsqueeze_dim::<4>(3);
         }
-        let hidden = self.conv2.forward(silu(self.norm2.forward(hidden)));
+        let hidden = self.conv2.forward(group_norm(&self.norm2, hidden, true));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

@@ -12,12 +12,12 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use stylus_core::{Result, StylusError};
 
 use super::attention::VaeAttention;
+use super::fused::group_norm;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv1x1, conv3x3};
 
 /// Hyper-parameters of the VAE; field names follow diffusers' `vae/config.json`.
@@ -286,7 +286,8 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out
+            .forward(group_norm(&self.conv_norm_out, x, true))
     }
 }
 
@@ -316,7 +317,8 @@ impl<B: Backend> Decoder<B> {
                 x = upsampler.forward(x, None);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out
+            .forward(group_norm(&self.conv_norm_out, x, true))
     }
 }
 

@@ -23,9 +23,9 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
+use crate::models::fused::group_norm;
 use crate::models::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, conv3x3};
 
 /// The SD 1.x denoising UNet.
@@ -219,6 +219,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, &context, &mut skips);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out
+            .forward(group_norm(&self.conv_norm_out, x, true))
     }
 }

@@ -12,6 +12,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 
 use crate::models::attention::{Attention, AttentionConfig};
+use crate::models::fused::group_norm;
 use crate::models::resnet::conv1x1;
 
 /// diffusers `GEGLU`: `a * gelu(gate)` where `[a, gate] = proj(x)`.
@@ -146,7 +147,9 @@ impl<B: Backend> Transformer2DModel<B> {
     /// `x + proj_out(blocks(proj_in(norm(x))))` on `[b, c, h, w]`, attending to `context`.
     pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, _, height, width] = x.dims();
-        let hidden = self.proj_in.forward(self.norm.forward(x.clone()));
+        let hidden = self
+            .proj_in
+            .forward(group_norm(&self.norm, x.clone(), false));
         let inner = hidden.dims()[1];
         let mut tokens = hidden
             .permute([0, 2, 3, 1])
