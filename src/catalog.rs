@@ -193,6 +193,12 @@ fn open_store(dir: &Path, config: &StylusConfig, build_hnsw: bool) -> Result<Ope
         let sparse = LazyIndex::new(dim, count, dir, {
             let docs = docs.clone();
             move || {
+                // A store with its postings file needs no vectors read nor transposed: the
+                // index reads the lists its queries touch.
+                if let Some(postings) = vectors.postings() {
+                    let sparse = SparseRetriever::from_lists(docs, postings)?;
+                    return Ok(Arc::new(sparse) as Arc<dyn SearchIndex>);
+                }
                 let sparse = match vectors.load()? {
                     StoreVectors::Sparse {
                         indptr,

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use stylus_core::openai::testing::{StubReply, StubServer};
 use stylus_refiner::lexical::LexicalEmbedder;
+use stylus_refiner::postings_file::POSTINGS_FILE;
 use stylus_refiner::store::StylusDocs;
 
 /// `../shared/data/civitai/..._part7.jsonl`, or `None` (the test is skipped) without it.
@@ -84,6 +85,24 @@ fn index_writes_a_verified_store_and_a_json_summary() {
     assert!(output.status.success());
     let again = StylusDocs::open(&out).unwrap();
     assert_eq!(again.manifest(), store.manifest());
+
+    // A store written before the sparse postings file existed is written once more with it,
+    // although nothing else changed.
+    let postings = out.join(POSTINGS_FILE);
+    assert!(postings.is_file());
+    std::fs::remove_file(&postings).unwrap();
+    let manifest_path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove(POSTINGS_FILE)
+        .unwrap();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    assert!(run().status.success());
+    assert!(postings.is_file());
+    assert_eq!(StylusDocs::open(&out).unwrap().manifest(), store.manifest());
 }
 
 #[test]

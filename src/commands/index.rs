@@ -17,8 +17,9 @@ use stylus_refiner::indexer::{RefreshCounts, embed_docs, refine_cards};
 use stylus_refiner::lexical::{DEFAULT_DIM, LexicalEmbedder};
 use stylus_refiner::lora_folder::read_lora_folder;
 use stylus_refiner::openai_embedder::OpenAiEmbedder;
+use stylus_refiner::postings_file::POSTINGS_FILE;
 use stylus_refiner::store::{
-    ExtraFile, LIGHT_DOCS_FILE, MANIFEST_FILE, NewStore, StoreLock, StylusDocs,
+    ExtraFile, LIGHT_DOCS_FILE, MANIFEST_FILE, NewStore, SPARSE_VECTORS_FILE, StoreLock, StylusDocs,
 };
 use stylus_refiner::vlm_refiner::{VlmRefiner, VlmRefinerConfig};
 use stylus_retriever::LexicalConfig;
@@ -229,8 +230,11 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             && p.dim() == dim
             && p.docs() == docs.as_slice()
             && same_extra_files(p, &extra_files)
-            // Stores written before the light documents existed are written once more.
+            // Stores written before the light documents or the sparse postings existed are
+            // written once more.
             && p.manifest().files.contains_key(LIGHT_DOCS_FILE)
+            && (!p.manifest().files.contains_key(SPARSE_VECTORS_FILE)
+                || p.manifest().files.contains_key(POSTINGS_FILE))
     });
     drop(previous);
     if unchanged {

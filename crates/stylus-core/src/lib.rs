@@ -43,6 +43,6 @@ pub use selection::{
     RetrievalFilter, Topic, TopicAdapters, WeightPolicy, WeightedAdapter, reciprocal_rank_fusion,
 };
 pub use traits::{
-    AdapterLocator, Composer, Embedder, LocatedFile, Masker, Merger, Refiner, Retriever, Sampler,
-    SearchIndex,
+    AdapterLocator, Composer, Embedder, LocatedFile, Masker, Merger, PostingLists, Refiner,
+    Retriever, Sampler, SearchIndex,
 };

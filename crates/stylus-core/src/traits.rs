@@ -36,6 +36,19 @@ pub trait Embedder: Send + Sync {
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
 }
 
+/// The inverted lists of sparse document vectors: for dimension `d`, `(document, value)` of every
+/// document whose vector is non-zero there, documents in increasing order. Held in memory, or
+/// read from a store file when a search first needs a dimension (a query touches a few dozen of
+/// thousands), so a sparse index is ready without reading or transposing all its vectors.
+pub trait PostingLists: Send + Sync + std::fmt::Debug {
+    /// Number of dimensions.
+    fn dim(&self) -> usize;
+    /// Number of documents indexed (every list's documents are below it).
+    fn docs(&self) -> usize;
+    /// The list of dimension `d < dim()`; an error names the file a damaged list came from.
+    fn list(&self, d: usize) -> Result<&[(u32, f32)]>;
+}
+
 /// Top-K search over the adapter documents held in this process (CPU work, no I/O): the sync
 /// form of [`Retriever`]. Every `SearchIndex` is a `Retriever` (blanket implementation).
 pub trait SearchIndex: Send + Sync {

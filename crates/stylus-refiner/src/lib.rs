@@ -16,6 +16,7 @@ pub mod locator;
 pub mod lora_folder;
 #[cfg(feature = "http")]
 pub mod openai_embedder;
+pub mod postings_file;
 pub mod store;
 #[cfg(feature = "http")]
 pub mod vlm_refiner;

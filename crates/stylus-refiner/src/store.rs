@@ -11,6 +11,8 @@
 //!   vectors.sparse.safetensors  the same rows in CSR form (mostly-zero vectors, like the lexical
 //!                        embedder's): `indptr` u64 [count + 1], `indices` u32 [nnz],
 //!                        `values` f32 [nnz] (15x smaller for the 4096-dim lexical vectors)
+//!   vectors.postings     with sparse vectors: the same values by dimension, each list with its
+//!                        CRC-32 (see [`crate::postings_file`])
 //!   ...                  files other components register (lexical IDF table, the BM25
 //!                        postings `bm25.postings`, HNSW graph)
 //! ```
@@ -30,6 +32,8 @@
 //! asked for ([`DocLines`]) and checked against its line's CRC-32; the vectors are read and
 //! checked against the manifest when first asked for ([`StylusDocs::vectors`]). Holding the files
 //! open keeps them those of the opened store even when a writer swaps the directory later.
+//! With sparse vectors it also holds vectors.postings (its header checked), from which a sparse
+//! index reads only the lists its queries touch ([`VectorsLoader::postings`]).
 //! Stores written before `docs.light.jsonl` existed are opened light by scanning docs.jsonl.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -41,9 +45,11 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stylus_core::{
-    AdapterCard, AdapterDoc, AdapterFile, AdapterId, AdapterStats, BaseModel, Category, Result,
-    StylusError,
+    AdapterCard, AdapterDoc, AdapterFile, AdapterId, AdapterStats, BaseModel, Category,
+    PostingLists, Result, StylusError,
 };
+
+use crate::postings_file::{POSTINGS_FILE, PostingsFile};
 
 /// The `format` field of every manifest.
 pub const FORMAT: &str = "stylus-docs";
@@ -204,6 +210,8 @@ pub struct StylusDocs {
     /// With a light open ([`StylusDocs::open_light`]): the documents' lines, parsed whole on
     /// demand.
     lines: Option<Arc<DocLines>>,
+    /// After a light open of a store with sparse vectors: its held postings file.
+    postings: Option<Arc<PostingsFile>>,
 }
 
 impl StylusDocs {
@@ -259,11 +267,15 @@ impl StylusDocs {
             light_bytes.push(b'\n');
         }
         let nonzero = vectors.iter().filter(|v| **v != 0.0).count();
+        let mut postings = None;
         let sparse =
             !vectors.is_empty() && (nonzero as f64) <= SPARSE_MAX_DENSITY * vectors.len() as f64;
         let (vectors_file, vectors_bytes, vectors) = if sparse {
             let (indptr, indices, values) = csr_of(dim, &vectors);
             let bytes = sparse_tensor_bytes(&indptr, &indices, &values);
+            postings = Some(crate::postings_file::encode(
+                dim, &indptr, &indices, &values,
+            ));
             let csr = StoreVectors::Sparse {
                 indptr,
                 indices,
@@ -280,6 +292,9 @@ impl StylusDocs {
             (LIGHT_DOCS_FILE.to_string(), light_bytes),
             (vectors_file.to_string(), vectors_bytes),
         ];
+        if let Some(postings) = postings {
+            files.push((POSTINGS_FILE.to_string(), postings));
+        }
         files.extend(extra_files.into_iter().map(|f| (f.name, f.bytes)));
         let refiners: BTreeSet<String> = docs.iter().map(|d| d.refiner.clone()).collect();
         let mut manifest = Manifest {
@@ -312,6 +327,7 @@ impl StylusDocs {
             by_id,
             kept: BTreeMap::new(),
             lines: None,
+            postings: None,
         })
     }
 
@@ -411,6 +427,7 @@ impl StylusDocs {
         let mut vectors_bytes = Vec::new();
         let mut held_docs = None;
         let mut held_vectors = None;
+        let mut postings = None;
         let mut kept = BTreeMap::new();
         for (name, entry) in &manifest.files {
             let path = dir.join(name);
@@ -420,6 +437,12 @@ impl StylusDocs {
             }
             if deferred && name == vectors_name {
                 held_vectors = Some(open_sized(&path, entry)?);
+                continue;
+            }
+            if deferred && name == POSTINGS_FILE {
+                let file = open_sized(&path, entry)?;
+                let (dim, count) = (manifest.embedder.dim, manifest.count);
+                postings = Some(PostingsFile::open(&path, file, entry.bytes, dim, count)?);
                 continue;
             }
             let mut extra = Vec::new();
@@ -536,6 +559,7 @@ impl StylusDocs {
             by_id,
             kept,
             lines: doc_lines.map(Arc::new),
+            postings: postings.map(Arc::new),
         })
     }
 
@@ -676,6 +700,7 @@ impl StylusDocs {
         let loader = VectorsLoader {
             read: self.vectors.into_inner(),
             file: self.vectors_file,
+            postings: self.postings,
         };
         (self.docs, loader)
     }
@@ -812,7 +837,11 @@ impl DocLines {
 }
 
 /// Reads `buffer.len()` bytes of `file` from `offset`.
-fn read_at(file: &mut std::fs::File, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+pub(crate) fn read_at(
+    file: &mut std::fs::File,
+    offset: u64,
+    buffer: &mut [u8],
+) -> std::io::Result<()> {
     use std::io::Seek;
     file.seek(std::io::SeekFrom::Start(offset))?;
     file.read_exact(buffer)
@@ -868,9 +897,19 @@ impl VectorsFile {
 pub struct VectorsLoader {
     read: Option<StoreVectors>,
     file: Option<Arc<VectorsFile>>,
+    postings: Option<Arc<PostingsFile>>,
 }
 
 impl VectorsLoader {
+    /// The vectors by dimension, read list by list as searches need them, when the store was
+    /// opened light and has them ([`POSTINGS_FILE`]; older stores do not): a sparse index over
+    /// them needs no [`VectorsLoader::load`].
+    pub fn postings(&self) -> Option<Arc<dyn PostingLists>> {
+        self.postings
+            .clone()
+            .map(|postings| postings as Arc<dyn PostingLists>)
+    }
+
     pub fn load(self) -> Result<StoreVectors> {
         match (self.read, self.file) {
             (Some(vectors), _) => Ok(vectors),
@@ -1379,6 +1418,7 @@ fn is_docs_or_vectors(name: &str) -> bool {
         LIGHT_DOCS_FILE,
         VECTORS_FILE,
         SPARSE_VECTORS_FILE,
+        POSTINGS_FILE,
     ]
     .contains(&name)
 }
@@ -1706,6 +1746,41 @@ mod tests {
             err.contains(SPARSE_VECTORS_FILE) && err.contains("offsets"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sparse_stores_carry_their_postings_and_a_light_open_hands_them_out() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sparse");
+        let dim = 50;
+        let mut store = new_store(4);
+        store.dim = dim;
+        store.vectors = vec![0.0; 4 * dim];
+        for (row, d, v) in [(0, 3, 0.5), (0, 49, -1.0), (2, 3, 2.0), (3, 7, 0.25)] {
+            store.vectors[row * dim + d] = v;
+        }
+        StylusDocs::write(&dir, store).unwrap();
+        let (_, loader) = StylusDocs::open_light(&dir, &[]).unwrap().into_parts();
+        let postings = loader.postings().unwrap();
+        assert_eq!((postings.dim(), postings.docs()), (dim, 4));
+        assert_eq!(postings.list(3).unwrap(), &[(0, 0.5), (2, 2.0)]);
+        assert_eq!(postings.list(49).unwrap(), &[(0, -1.0)]);
+        assert!(postings.list(0).unwrap().is_empty());
+        // A full open reads and checks the file with the others, and hands out no postings.
+        let (_, loader) = StylusDocs::open(&dir).unwrap().into_parts();
+        assert!(loader.postings().is_none());
+        // Stores written before the postings file existed open without one.
+        std::fs::remove_file(dir.join(POSTINGS_FILE)).unwrap();
+        let mut manifest = read_manifest(&dir).unwrap();
+        manifest.files.remove(POSTINGS_FILE);
+        write_manifest(&dir, &manifest).unwrap();
+        let (_, loader) = StylusDocs::open_light(&dir, &[]).unwrap().into_parts();
+        assert!(loader.postings().is_none());
+        assert_eq!(loader.load().unwrap().to_dense(4, dim)[3 * dim + 7], 0.25);
+        // Dense stores have none.
+        let dense = root.path().join("dense");
+        StylusDocs::write(&dense, new_store(2)).unwrap();
+        assert!(!dense.join(POSTINGS_FILE).exists());
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! only walks the postings of its own non-zero dimensions, so the cost grows with the postings
 //! touched, not with `documents x dim` like a dense scan or a graph walk at 4096 dims. The scores
 //! are the same dot products as [`crate::ExactRetriever`]'s (f32 sums in another order).
+//!
+//! The lists are built in memory ([`SparseRetriever::new`], [`SparseRetriever::from_csr`]) or
+//! come from elsewhere ([`SparseRetriever::from_lists`]: a store's postings file, whose lists are
+//! read when a query first touches them).
 
 use std::sync::Arc;
 
 use stylus_core::{
-    AdapterDoc, Candidate, Query, Result, RetrievalFilter, SearchIndex, StylusError,
+    AdapterDoc, Candidate, PostingLists, Query, Result, RetrievalFilter, SearchIndex, StylusError,
 };
 
 use crate::exact::check_k;
@@ -19,11 +23,67 @@ use crate::exact::check_k;
 pub struct SparseRetriever {
     docs: Vec<Arc<AdapterDoc>>,
     dim: usize,
-    /// `postings[d]`: `(document, value)` for every document whose dimension `d` is non-zero.
-    postings: Vec<Vec<(u32, f32)>>,
+    /// `(document, value)` for every document whose dimension `d` is non-zero, by `d`.
+    postings: Arc<dyn PostingLists>,
+}
+
+/// Inverted lists held in memory.
+#[derive(Debug)]
+struct MemoryPostings {
+    docs: usize,
+    lists: Vec<Vec<(u32, f32)>>,
+}
+
+impl PostingLists for MemoryPostings {
+    fn dim(&self) -> usize {
+        self.lists.len()
+    }
+
+    fn docs(&self) -> usize {
+        self.docs
+    }
+
+    fn list(&self, d: usize) -> Result<&[(u32, f32)]> {
+        self.lists.get(d).map(Vec::as_slice).ok_or_else(|| {
+            StylusError::InvalidArgument(format!(
+                "sparse index: dimension {d} of {}",
+                self.lists.len()
+            ))
+        })
+    }
 }
 
 impl SparseRetriever {
+    fn in_memory(docs: Vec<Arc<AdapterDoc>>, dim: usize, lists: Vec<Vec<(u32, f32)>>) -> Self {
+        let postings = Arc::new(MemoryPostings {
+            docs: docs.len(),
+            lists,
+        });
+        Self {
+            docs,
+            dim,
+            postings,
+        }
+    }
+
+    /// Searches lists made elsewhere (a store's postings file) over `docs`, in the lists'
+    /// document numbering.
+    pub fn from_lists(docs: Vec<Arc<AdapterDoc>>, postings: Arc<dyn PostingLists>) -> Result<Self> {
+        if postings.docs() != docs.len() || postings.dim() == 0 {
+            return Err(StylusError::InvalidArgument(format!(
+                "sparse index: lists over {} documents of {} dimensions, {} documents given",
+                postings.docs(),
+                postings.dim(),
+                docs.len()
+            )));
+        }
+        Ok(Self {
+            dim: postings.dim(),
+            docs,
+            postings,
+        })
+    }
+
     /// Indexes `vectors` (row-major, `docs.len()` rows of `dim` values).
     pub fn new(docs: Vec<Arc<AdapterDoc>>, dim: usize, vectors: &[f32]) -> Result<Self> {
         if dim == 0 || vectors.len() != docs.len() * dim {
@@ -46,11 +106,7 @@ impl SparseRetriever {
                 }
             }
         }
-        Ok(Self {
-            docs,
-            dim,
-            postings,
-        })
+        Ok(Self::in_memory(docs, dim, postings))
     }
 }
 
@@ -98,11 +154,7 @@ impl SparseRetriever {
                 }
             }
         }
-        Ok(Self {
-            docs,
-            dim,
-            postings,
-        })
+        Ok(Self::in_memory(docs, dim, postings))
     }
 }
 
@@ -137,7 +189,7 @@ impl SearchIndex for SparseRetriever {
             if q == 0.0 {
                 continue;
             }
-            for &(doc, value) in &self.postings[d] {
+            for &(doc, value) in self.postings.list(d)? {
                 let i = doc as usize;
                 if !touched[i] {
                     touched[i] = true;
@@ -316,5 +368,73 @@ mod tests {
         assert!(sparse.retrieve(Query::vector(&[0.0; 3]), 1, &all).is_err());
         assert!(sparse.retrieve(Query::vector(&[0.0; 4]), 0, &all).is_err());
         assert!(SparseRetriever::new(docs, dim, &vectors[..5]).is_err());
+    }
+
+    /// Lists from elsewhere that fail on one dimension, as a damaged store file does.
+    #[derive(Debug)]
+    struct OneBadList {
+        lists: MemoryPostings,
+        bad: usize,
+    }
+
+    impl PostingLists for OneBadList {
+        fn dim(&self) -> usize {
+            self.lists.dim()
+        }
+        fn docs(&self) -> usize {
+            self.lists.docs()
+        }
+        fn list(&self, d: usize) -> Result<&[(u32, f32)]> {
+            if d == self.bad {
+                return Err(StylusError::store("vectors.postings", "dimension damaged"));
+            }
+            self.lists.list(d)
+        }
+    }
+
+    #[test]
+    fn lists_from_elsewhere_rank_as_the_built_index_and_their_errors_surface() {
+        let (n, dim) = (300, 32);
+        let vectors = sparse_rows(n, dim, 5);
+        let docs: Vec<Arc<AdapterDoc>> = (0..n).map(|i| doc(i as u64, i % 3 == 0)).collect();
+        let built = SparseRetriever::new(docs.clone(), dim, &vectors).unwrap();
+        let lists = MemoryPostings {
+            docs: n,
+            lists: (0..dim)
+                .map(|d| built.postings.list(d).unwrap().to_vec())
+                .collect(),
+        };
+        // A dimension the query of row 2 touches.
+        let bad = (0..dim).position(|d| vectors[2 * dim + d] != 0.0).unwrap();
+        let elsewhere =
+            SparseRetriever::from_lists(docs.clone(), Arc::new(OneBadList { lists, bad: dim }))
+                .unwrap();
+        let filter = RetrievalFilter::default();
+        for q in 0..8 {
+            let query = Query::vector(&vectors[q * dim..(q + 1) * dim]);
+            assert_eq!(
+                elsewhere.retrieve(query, 40, &filter).unwrap(),
+                built.retrieve(query, 40, &filter).unwrap()
+            );
+        }
+        // A query touching the damaged dimension is an error, not a partial ranking.
+        let lists = MemoryPostings {
+            docs: n,
+            lists: (0..dim)
+                .map(|d| built.postings.list(d).unwrap().to_vec())
+                .collect(),
+        };
+        let damaged =
+            SparseRetriever::from_lists(docs.clone(), Arc::new(OneBadList { lists, bad })).unwrap();
+        let err = damaged
+            .retrieve(Query::vector(&vectors[2 * dim..3 * dim]), 10, &filter)
+            .unwrap_err();
+        assert!(err.to_string().contains("vectors.postings"), "{err}");
+        // Lists over another number of documents are refused.
+        let lists = MemoryPostings {
+            docs: n + 1,
+            lists: vec![vec![]; dim],
+        };
+        assert!(SparseRetriever::from_lists(docs, Arc::new(lists)).is_err());
     }
 }
