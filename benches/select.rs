@@ -54,7 +54,7 @@ fn scaled(cards: &[AdapterCard], n: usize) -> Vec<AdapterCard> {
                 return base.clone();
             }
             let mut card = base.clone();
-            card.id = AdapterId::Local(format!("synthetic:{i}"));
+            card.id = AdapterId::Name(format!("synthetic:{i}"));
             card.title = format!("{} {}", base.title, suffixes[copy % suffixes.len()]);
             if !card.tags.is_empty() {
                 let shift = copy % card.tags.len();

@@ -16,7 +16,9 @@ use stylus_core::{
     SearchIndex, StylusConfig, StylusError,
 };
 #[cfg(feature = "bert")]
-use stylus_refiner::bert::{BertEmbedder, default_minilm_dir, same_embedder};
+use stylus_refiner::bert::{BertEmbedder, default_minilm_dir};
+#[cfg(feature = "bert")]
+use stylus_refiner::embedder_id::same_embedder;
 use stylus_refiner::lexical::{IDF_FILE, LexicalEmbedder};
 use stylus_refiner::store::{DocLines, StoreLock, StoreVectors, StylusDocs};
 use stylus_retriever::lexical::{BM25_FILE, BM25_FORMAT_VERSION, Bm25Postings};

@@ -60,6 +60,35 @@ impl Device {
     }
 }
 
+/// The parameter dtype a model is loaded in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    F32,
+    /// Half precision (GPU backends).
+    F16,
+}
+
+impl Dtype {
+    /// What a device runs by default: f32 on the CPU, f16 on a GPU.
+    pub fn default_for(device: Device) -> Self {
+        match device {
+            Device::Cpu => Self::F32,
+            Device::Cuda | Device::Wgpu => Self::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+}
+
 /// A loaded checkpoint as a sampler, and what callers need to know about its latents.
 #[derive(Clone)]
 pub struct LoadedSampler {

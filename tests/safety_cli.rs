@@ -432,6 +432,18 @@ fn generate_checks_its_arguments_before_loading_the_checkpoint() {
         assert!(!err.contains("model.safetensors"), "{extra:?}: {err}");
         assert!(!out.exists(), "{extra:?}");
     }
+    // `bench` takes its device and dtype as value enums too, refused before the checkpoint or
+    // the inputs are read.
+    for (extra, needle) in [
+        (&["--dtype", "f64"][..], "possible values: f32, f16"),
+        (&["--device", "tpu"][..], "possible values: cpu, wgpu, cuda"),
+    ] {
+        let mut args = vec!["bench", "--checkpoint", "missing", "--inputs", "missing"];
+        args.extend_from_slice(extra);
+        let output = stylus(&args);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}");
+        assert!(stderr(&output).contains(needle), "{}", stderr(&output));
+    }
     // `--lora FILE:abc` is a bad weight, not a missing file.
     let output = generate(&["--lora", &format!("{}:abc", lora.display())]);
     assert_eq!(output.status.code(), Some(2));

@@ -15,17 +15,19 @@ use stylus_diffusion::clip_tokenizer::ClipTokenizer;
 use stylus_diffusion::lora::merger::{AdapterStrength, LoraMerger};
 use stylus_diffusion::sampler::SdSampler;
 
+use stylus::render::{Device, Dtype};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Diffusers folder or single-file checkpoint to time.
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
-    /// cpu, cuda or wgpu (GPU ones need the matching build feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Parameter dtype: f32, or f16 (GPU only).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// The device (GPU ones need the matching build feature).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Parameter dtype: f32, or f16 (CUDA only) [default: f32 on the CPU, f16 on a GPU].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
     /// Safetensors with `latents` [2,4,h,w], `context` [2,77,d], `timestep` [1] (f32).
     #[arg(long, value_name = "FILE")]
     pub inputs: PathBuf,
@@ -47,39 +49,36 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _config: &StylusConfig) -> Result<(), StylusError> {
-    let dtype = args
-        .dtype
-        .clone()
-        .unwrap_or_else(|| match args.device.as_str() {
-            "cpu" => "f32".to_string(),
-            _ => "f16".to_string(),
-        });
-    let results = match (args.device.as_str(), dtype.as_str()) {
-        ("cpu", "f32") => {
+    args.device.check()?;
+    let dtype = args.dtype.unwrap_or(Dtype::default_for(args.device));
+    let results = match (args.device, dtype) {
+        (Device::Cpu, Dtype::F32) => {
             let device = stylus_diffusion::backend::cpu_device();
             bench::<stylus_diffusion::backend::CpuBackend>(&args, &device, DType::F32)?
         }
         #[cfg(feature = "cuda")]
-        ("cuda", "f16") => {
+        (Device::Cuda, Dtype::F16) => {
             type B = burn::backend::Cuda<half::f16>;
             let device = burn::backend::cuda::CudaDevice::new(0);
             stylus_diffusion::backend::probe_device::<B>(&device, "CUDA device 0")?;
             bench::<B>(&args, &device, DType::F16)?
         }
         #[cfg(feature = "cuda")]
-        ("cuda", "f32") => {
+        (Device::Cuda, Dtype::F32) => {
             let device = stylus_diffusion::backend::cuda_device(0)?;
             bench::<stylus_diffusion::backend::CudaBackend>(&args, &device, DType::F32)?
         }
         #[cfg(feature = "wgpu")]
-        ("wgpu", "f32") => {
+        (Device::Wgpu, Dtype::F32) => {
             let device = stylus_diffusion::backend::wgpu_device()?;
             bench::<stylus_diffusion::backend::WgpuBackend>(&args, &device, DType::F32)?
         }
         (device, dtype) => {
             return Err(StylusError::Device(format!(
-                "device `{device}` with dtype `{dtype}` is not available in this build \
-                 (cpu: f32; cuda: f16/f32 with --features cuda; wgpu: f32 with --features wgpu)"
+                "device `{}` with dtype `{}` is not available in this build \
+                 (cpu: f32; cuda: f16/f32 with --features cuda; wgpu: f32 with --features wgpu)",
+                device.name(),
+                dtype.name()
             )));
         }
     };

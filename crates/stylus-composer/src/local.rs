@@ -1011,10 +1011,7 @@ mod tests {
 
     /// A test card's Civitai id (0 for a local file).
     fn civitai_id(doc: &AdapterDoc) -> u64 {
-        match doc.card.id {
-            AdapterId::Civitai(id) => id,
-            AdapterId::Local(_) => 0,
-        }
+        doc.card.id.civitai().unwrap_or(0)
     }
 
     /// The Civitai ids of candidates, in order.

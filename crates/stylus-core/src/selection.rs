@@ -314,7 +314,7 @@ impl WeightedAdapter {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         Self {
-            id: AdapterId::Local(path.display().to_string()),
+            id: AdapterId::File(path.to_path_buf()),
             title: stem.clone(),
             alias: stem,
             weight,

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use stylus_core::{AdapterId, WeightedAdapter};
+use stylus_core::WeightedAdapter;
 
 use crate::FetchError;
 
@@ -310,10 +310,7 @@ impl AdapterCache {
         let version = file
             .and_then(|f| f.download_url.as_deref())
             .and_then(crate::download::civitai_version_id);
-        let model = match adapter.id {
-            AdapterId::Civitai(id) => Some(id),
-            AdapterId::Local(_) => None,
-        };
+        let model = adapter.id.civitai();
         let name = file.map(|f| f.name.to_lowercase());
         let alias = adapter.alias.to_lowercase();
         let found = self.with_index(|entries| {

@@ -21,7 +21,7 @@ use reqwest::header::{
     AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER,
 };
 use stylus_core::blocking::run_cpu;
-use stylus_core::{AdapterId, NetworkConfig, WeightedAdapter};
+use stylus_core::{NetworkConfig, WeightedAdapter};
 use tokio::io::AsyncWriteExt;
 
 use crate::FetchError;
@@ -181,10 +181,7 @@ impl FetchRequest {
                 .filter(|s| is_sha256(s))
                 .map(|s| s.to_ascii_lowercase()),
             file_name: file.map(|f| f.name.clone()),
-            model_id: match adapter.id {
-                AdapterId::Civitai(id) => Some(id),
-                AdapterId::Local(_) => None,
-            },
+            model_id: adapter.id.civitai(),
             url,
         })
     }

@@ -101,10 +101,12 @@ mod tests {
         assert_eq!(categories.len(), Category::ALL.len());
         let ids: HashSet<&AdapterId> = catalog.docs.iter().map(|d| d.id()).collect();
         assert_eq!(ids.len(), catalog.docs.len());
-        assert!(catalog.docs.iter().all(|d| matches!(
-            &d.card.id,
-            AdapterId::Local(id) if id.starts_with("bundled:")
-        )));
+        assert!(
+            catalog
+                .docs
+                .iter()
+                .all(|d| matches!(&d.card.id, AdapterId::Bundled(_)))
+        );
         assert!(
             catalog
                 .docs

@@ -88,8 +88,9 @@ pub async fn embed_docs(
 ) -> Result<Vec<f32>> {
     let dim = embedder.dim();
     let embedder_id = embedder.id();
-    let previous = previous
-        .filter(|p| crate::bert::same_embedder(p.embedder_id(), &embedder_id) && p.dim() == dim);
+    let previous = previous.filter(|p| {
+        crate::embedder_id::same_embedder(p.embedder_id(), &embedder_id) && p.dim() == dim
+    });
     let stored: HashMap<&AdapterId, usize> = previous
         .map(|p| {
             p.docs()

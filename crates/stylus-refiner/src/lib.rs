@@ -2,12 +2,14 @@
 //! LoRA folders), filters them as the paper does, refines them into documents (description,
 //! recommended weight, category), embeds them and writes the StylusDocs store.
 
+#[cfg(feature = "bert")]
 pub mod bert;
 pub mod bundled;
 pub mod card_refiner;
 pub mod civitai;
 #[cfg(feature = "http")]
 pub mod civitai_api;
+pub mod embedder_id;
 pub mod filters;
 pub mod html;
 pub mod indexer;

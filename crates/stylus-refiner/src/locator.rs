@@ -106,8 +106,8 @@ impl FolderLocator {
                 .and_then(|f| f.sha256.as_ref())
                 .map(|h| h.to_ascii_lowercase()),
             sshs: match &adapter.id {
-                AdapterId::Local(id) => id.strip_prefix("sha256:").map(str::to_ascii_lowercase),
-                AdapterId::Civitai(_) => None,
+                AdapterId::Sha256(hex) => Some(hex.clone()),
+                _ => None,
             },
         };
         let file_name = adapter.file.as_ref().map(|f| f.name.to_lowercase());

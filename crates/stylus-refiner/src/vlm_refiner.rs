@@ -185,9 +185,10 @@ impl VlmRefiner {
         let key = match (&card.version_id, &card.id) {
             (Some(version), _) => format!("version-{version}"),
             (None, AdapterId::Civitai(id)) => format!("model-{id}"),
-            (None, AdapterId::Local(hash)) => format!(
+            (None, id) => format!(
                 "local-{}",
-                hash.chars()
+                id.to_string()
+                    .chars()
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                     .collect::<String>()
             ),

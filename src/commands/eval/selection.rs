@@ -302,10 +302,7 @@ fn reference_picks(row: &ReferenceRow, ids: &HashSet<u64>) -> HashSet<u64> {
 }
 
 fn civitai_id(id: &AdapterId) -> Option<u64> {
-    match id {
-        AdapterId::Civitai(id) => Some(*id),
-        AdapterId::Local(_) => None,
-    }
+    id.civitai()
 }
 
 fn json_error(message: String) -> StylusError {

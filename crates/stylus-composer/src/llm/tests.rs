@@ -83,10 +83,7 @@ fn summary(composition: &Composition) -> Vec<(String, Vec<u64>)> {
             let ids = t
                 .adapters
                 .iter()
-                .map(|d| match d.card.id {
-                    AdapterId::Civitai(id) => id,
-                    AdapterId::Local(_) => 0,
-                })
+                .map(|d| d.card.id.civitai().unwrap_or(0))
                 .collect();
             (t.topic.text.clone(), ids)
         })
