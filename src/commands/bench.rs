@@ -277,6 +277,7 @@ impl Inputs {
             StylusError::Safetensors {
                 path: self.path.clone(),
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             }
         })?;
         let view = file
@@ -330,6 +331,7 @@ fn write_f32(path: &Path, key: &str, values: &[f32], dims: &[usize]) -> Result<(
         StylusError::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     })
 }

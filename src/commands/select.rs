@@ -73,6 +73,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
                 path: "<plan>".into(),
                 line: None,
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             };
             let mut value = serde_json::to_value(&plan).map_err(json_error)?;
             // The catalog is opened once per run: its cost is part of every answer's timings.

@@ -187,10 +187,12 @@ impl StylusConfig {
         let config = Self::from_toml_str(&text).map_err(|message| StylusError::Config {
             path: path.to_path_buf(),
             message,
+            source: None,
         })?;
         config.validate().map_err(|message| StylusError::Config {
             path: path.to_path_buf(),
             message,
+            source: None,
         })?;
         Ok(config)
     }

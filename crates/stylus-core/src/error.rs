@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use crate::AdapterId;
 
+/// The cause of an error from another library (a JSON or safetensors parser, an HTTP client, an
+/// image decoder), kept for [`std::error::Error::source`] so callers can inspect it (a timeout,
+/// a status, a line and column).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Result alias used across all Stylus crates.
 pub type Result<T, E = StylusError> = std::result::Result<T, E>;
 
@@ -26,6 +31,8 @@ pub enum StylusError {
         path: PathBuf,
         line: Option<usize>,
         message: String,
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// A text data file other than JSON (CSV, a Python literal in a CSV cell, ...) is malformed.
@@ -38,11 +45,21 @@ pub enum StylusError {
 
     /// A configuration file is invalid.
     #[error("config {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A safetensors file is malformed (truncated header, bad offsets, non-UTF-8 metadata, ...).
     #[error("{path}: invalid safetensors file: {message}")]
-    Safetensors { path: PathBuf, message: String },
+    Safetensors {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A tensor in a weight file is missing, mis-shaped, of the wrong dtype or not finite.
     #[error("{path}: tensor `{key}`: {message}")]
@@ -59,7 +76,12 @@ pub enum StylusError {
     /// An input image (img2img init image, inpainting mask) cannot be read or used: unreadable,
     /// truncated, too large, or of the wrong size.
     #[error("image {path}: {message}")]
-    Image { path: PathBuf, message: String },
+    Image {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A file format we refuse or do not know (pickle checkpoints, legacy LoRA layouts, ...).
     #[error("{path}: unsupported format: {message}")]
@@ -79,6 +101,8 @@ pub enum StylusError {
         url: String,
         status: Option<u16>,
         message: String,
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// A language or vision model answered, but never with something we can use.
@@ -191,6 +215,7 @@ impl StylusError {
         Self::Image {
             path: path.into(),
             message: message.into(),
+            source: None,
         }
     }
 

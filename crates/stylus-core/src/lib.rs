@@ -29,7 +29,7 @@ pub use config::{
     CacheConfig, CatalogConfig, ComposerConfig, HnswConfig, MaskConfig, NetworkConfig,
     RetrievalMode, RetrieverConfig, StylusConfig,
 };
-pub use error::{MissingAdapter, Result, StylusError};
+pub use error::{BoxError, MissingAdapter, Result, StylusError};
 pub use generation::{
     AdapterMergeStats, ExplicitLora, GeneratedImage, Generation, GenerationRequest, InitImage,
     InpaintMask, MergeReport, ResizeMode, ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplerKind,

@@ -359,6 +359,7 @@ impl OpenAiClient {
                 url: config.base_url.clone(),
                 status: None,
                 message: format!("cannot build the HTTP client: {e}"),
+                source: None,
             })?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -670,6 +671,7 @@ impl OpenAiClient {
                     url: url.to_string(),
                     status: failure.status,
                     message,
+                    source: None,
                 })
             };
             if !failure.retryable || attempt >= config.max_retries {

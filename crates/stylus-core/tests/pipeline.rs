@@ -463,6 +463,7 @@ fn errors_carry_their_context() {
         path: "cards.jsonl".into(),
         line: Some(17),
         message: "expected value".into(),
+        source: None,
     };
     assert_eq!(
         e.to_string(),
@@ -483,6 +484,7 @@ fn errors_carry_their_context() {
         url: "http://127.0.0.1:1/v1/chat/completions".into(),
         status: Some(429),
         message: "rate limited after 3 retries".into(),
+        source: None,
     };
     assert!(e.to_string().ends_with("(status 429)"));
     assert_eq!(StylusError::InvalidArgument("K = 0".into()).exit_code(), 2);

@@ -121,6 +121,7 @@ impl ClipTokenizer {
                 path: vocab_path.clone(),
                 line: Some(e.line()),
                 message: format!("expected an object of token -> id: {e}"),
+                source: None,
             })?;
         let merges_text = read_text(&merges_path)?;
         let mut pairs = Vec::new();
@@ -436,6 +437,7 @@ fn read_pad_token(path: &Path) -> Result<Option<String>> {
             path: path.to_path_buf(),
             line: Some(e.line()),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
     let pad = match value.get("pad_token") {
         None => None,
@@ -447,6 +449,7 @@ fn read_pad_token(path: &Path) -> Result<Option<String>> {
                     path: path.to_path_buf(),
                     line: None,
                     message: "`pad_token` is neither a string nor {\"content\": ...}".into(),
+                    source: None,
                 });
             }
         },

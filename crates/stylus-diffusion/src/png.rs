@@ -186,6 +186,7 @@ pub fn lora_short_hash(path: &Path) -> Result<String> {
     let invalid = |message: &str| StylusError::Safetensors {
         path: path.to_path_buf(),
         message: message.to_string(),
+        source: None,
     };
     let header: [u8; 8] = bytes
         .get(..8)

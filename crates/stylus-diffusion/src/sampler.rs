@@ -879,6 +879,7 @@ pub fn read_latents(path: &Path, shape: LatentShape, first: usize) -> Result<Vec
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| StylusError::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
     let view = tensors.tensor(LATENTS_KEY).map_err(|_| {
         StylusError::tensor(
@@ -947,11 +948,13 @@ pub fn write_latents(path: &Path, values: &[f32], dims: [usize; 4]) -> Result<()
         .map_err(|e| StylusError::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
     let file = safetensors::serialize([(LATENTS_KEY, view)], None).map_err(|e| {
         StylusError::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     })?;
     std::fs::write(path, file).map_err(|e| StylusError::io(path, e))

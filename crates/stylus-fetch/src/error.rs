@@ -236,6 +236,7 @@ impl From<FetchError> for StylusError {
                 url: checkpoint.clone(),
                 status: None,
                 message: chain(&error),
+                source: None,
             },
             other => {
                 // StylusError has no slot for a source: keep the whole chain in the message.
@@ -247,6 +248,7 @@ impl From<FetchError> for StylusError {
                     url: "adapter download".into(),
                     status,
                     message: chain(&other),
+                    source: None,
                 }
             }
         }

@@ -76,6 +76,7 @@ pub fn parse_cards(text: &str, origin: &str) -> Result<Vec<(AdapterCard, Categor
             path: origin.into(),
             line: Some(i + 1),
             message,
+            source: None,
         };
         let parsed: Line = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
         let category = Category::parse(&parsed.category)

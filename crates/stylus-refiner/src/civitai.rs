@@ -227,6 +227,7 @@ fn json_error(path: &Path, line: Option<usize>, message: String) -> StylusError 
         path: path.to_path_buf(),
         line,
         message,
+        source: None,
     }
 }
 

@@ -137,6 +137,7 @@ impl CivitaiClient {
                 url: base_url.to_string(),
                 status: None,
                 message: format!("cannot build the HTTP client: {e}"),
+                source: None,
             })?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -199,12 +200,14 @@ impl CivitaiClient {
                 url: url.clone(),
                 status: None,
                 message: format!("reply is not JSON: {e}"),
+                source: None,
             })?;
             if !page.get("items").is_some_and(Value::is_array) {
                 return Err(StylusError::Http {
                     url,
                     status: None,
                     message: "reply has no `items` array".into(),
+                    source: None,
                 });
             }
             write_atomically(&page_path(&dir, page_no), &body)?;
@@ -268,6 +271,7 @@ impl CivitaiClient {
                             url: url.to_string(),
                             status: Some(status.as_u16()),
                             message: format!("reading the body: {e}"),
+                            source: None,
                         })?;
                         return Ok((body.to_vec(), attempt as usize));
                     }
@@ -286,6 +290,7 @@ impl CivitaiClient {
                             .canonical_reason()
                             .unwrap_or("request failed")
                             .to_string(),
+                        source: None,
                     };
                     (retryable, retry_after, error)
                 }
@@ -296,6 +301,7 @@ impl CivitaiClient {
                         url: url.to_string(),
                         status: None,
                         message: e.to_string(),
+                        source: Some(Box::new(e)),
                     },
                 ),
             };
@@ -321,6 +327,7 @@ fn read_page(path: &Path) -> Result<Value> {
         path: path.to_path_buf(),
         line: Some(e.line()),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })
 }
 

@@ -74,6 +74,7 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
     let invalid = |message: String| StylusError::Safetensors {
         path: path.to_path_buf(),
         message,
+        source: None,
     };
     let mut file = std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| StylusError::io(path, e))?.len();
@@ -563,11 +564,13 @@ fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>> {
             path: path.to_path_buf(),
             line: None,
             message: "sidecar is not a JSON object".into(),
+            source: None,
         }),
         Err(e) => Err(StylusError::Json {
             path: path.to_path_buf(),
             line: Some(e.line()),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }),
     }
 }

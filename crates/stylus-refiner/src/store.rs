@@ -831,6 +831,7 @@ impl DocLines {
             path: self.path.clone(),
             line: Some(number + 1),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         Ok(Arc::clone(self.full[index].get_or_init(|| Arc::new(doc))))
     }
@@ -952,6 +953,7 @@ fn parse_docs(path: &Path, bytes: &[u8], light: bool) -> Result<Vec<(DocSpan, Ad
                 path: path.to_path_buf(),
                 line: Some(index + 1),
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             };
             let doc = if light {
                 serde_json::from_slice::<LightDoc>(line)
@@ -985,6 +987,7 @@ fn parse_light_docs(
                 path: path.to_path_buf(),
                 line: Some(index + 1),
                 message,
+                source: None,
             };
             let light: LightDoc =
                 serde_json::from_slice(line).map_err(|e| json_error(e.to_string()))?;
@@ -1322,6 +1325,7 @@ fn read_sparse(path: &Path, bytes: &[u8], count: usize, dim: usize) -> Result<St
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| StylusError::Safetensors {
         path: path.to_path_buf(),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let tensor = |name: &str, dtype: Dtype| -> Result<&[u8]> {
         let view = tensors
@@ -1393,6 +1397,7 @@ pub fn read_f32_tensor(path: &Path, bytes: &[u8], name: &str) -> Result<(Vec<usi
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| StylusError::Safetensors {
         path: path.to_path_buf(),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let view = tensors
         .tensor(name)

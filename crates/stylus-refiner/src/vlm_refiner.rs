@@ -220,6 +220,7 @@ impl VlmRefiner {
             path: path.to_path_buf(),
             line: None,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         std::fs::write(&temp, text).map_err(|e| StylusError::io(&temp, e))?;
         std::fs::rename(&temp, path).map_err(|e| StylusError::io(path, e))

@@ -128,6 +128,7 @@ impl HnswRetriever {
                 path: manifest_path.clone(),
                 line: Some(e.line()),
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             })?;
         let bad = |message: String| StylusError::store(&manifest_path, message);
         if manifest.format != FORMAT || manifest.version != FORMAT_VERSION {

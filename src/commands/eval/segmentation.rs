@@ -39,6 +39,7 @@ pub fn run(args: &SegmentationArgs) -> Result<(), StylusError> {
             path: "<report>".into(),
             line: None,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         println!("{json}");
         return Ok(());

@@ -310,6 +310,7 @@ fn json_error(message: String) -> StylusError {
         path: "<report>".into(),
         line: None,
         message,
+        source: None,
     }
 }
 

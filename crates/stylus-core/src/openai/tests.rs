@@ -158,6 +158,7 @@ async fn a_400_without_response_format_is_an_error_with_the_servers_message() {
             url,
             status,
             message,
+            ..
         } => {
             assert!(url.ends_with("/v1/chat/completions"), "{url}");
             assert_eq!(*status, Some(400));

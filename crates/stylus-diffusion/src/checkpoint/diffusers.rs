@@ -143,6 +143,7 @@ pub fn read_clip_config(path: &Path) -> Result<ClipTextConfig> {
         path: path.to_path_buf(),
         line: Some(e.line()),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     if config.hidden_size == 1024 || config.hidden_size == 1280 {
         return Err(StylusError::UnsupportedFormat {
@@ -156,6 +157,7 @@ pub fn read_clip_config(path: &Path) -> Result<ClipTextConfig> {
     config.validate().map_err(|e| StylusError::Config {
         path: path.to_path_buf(),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     Ok(config)
 }

@@ -115,6 +115,7 @@ impl FileBytes {
             return Err(StylusError::Safetensors {
                 path: path.to_path_buf(),
                 message: "the file was modified while it was being loaded; load it again".into(),
+                source: None,
             });
         }
         Ok(())
@@ -166,7 +167,7 @@ mod tests {
             .unwrap();
         let error = mapped.check_unchanged(&path).unwrap_err();
         assert!(
-            matches!(&error, StylusError::Safetensors { path: p, message }
+            matches!(&error, StylusError::Safetensors { path: p, message, source: None }
                 if p == &path && message.contains("modified while it was being loaded")),
             "{error}"
         );

@@ -73,6 +73,7 @@ impl SafetensorsFile {
         let invalid = |message: String| StylusError::Safetensors {
             path: path.to_path_buf(),
             message,
+            source: None,
         };
         // `read_metadata` checks the header size limit, the offsets and the file length; the
         // entries below are owned copies, so nothing structural is read from the map again.

@@ -337,6 +337,7 @@ fn write_file(
     .map_err(|e| StylusError::Safetensors {
         path: out.to_path_buf(),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })
     .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| StylusError::io(out, e)));
     if written.is_err() {

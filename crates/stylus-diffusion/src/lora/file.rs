@@ -61,6 +61,7 @@ impl TensorFile {
         let invalid = |message: String| StylusError::Safetensors {
             path: path.to_path_buf(),
             message,
+            source: None,
         };
         // `deserialize` checks the header size limit, the offsets and the file length.
         SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;

@@ -91,10 +91,12 @@ impl VaeConfig {
             path: path.to_path_buf(),
             line: Some(e.line()),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         config.validate().map_err(|e| StylusError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         Ok(config)
     }

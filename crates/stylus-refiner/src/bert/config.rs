@@ -105,6 +105,7 @@ impl BertConfig {
             return Err(StylusError::Config {
                 path: path.to_owned(),
                 message: format!("`{name}` must be positive"),
+                source: None,
             });
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
@@ -114,12 +115,14 @@ impl BertConfig {
                     "hidden_size {} is not a multiple of num_attention_heads {}",
                     self.hidden_size, self.num_attention_heads
                 ),
+                source: None,
             });
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(StylusError::Config {
                 path: path.to_owned(),
                 message: format!("layer_norm_eps {} must be positive", self.layer_norm_eps),
+                source: None,
             });
         }
         Ok(())
@@ -240,6 +243,7 @@ impl SentenceConfig {
             return Err(StylusError::Config {
                 path: sentence_file,
                 message: format!("max_seq_length {requested} leaves no room for [CLS] and [SEP]"),
+                source: None,
             });
         }
         Ok(SentenceConfig {
@@ -309,6 +313,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Resu
         path: PathBuf::from(path),
         line: Some(e.line()),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })
 }
 

@@ -340,6 +340,7 @@ fn load_tokenizer(
         path: path.to_owned(),
         line: Some(e.line()),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| {
         StylusError::model(path, format!("not a Hugging Face tokenizers file: {e}"))

@@ -31,6 +31,7 @@ impl<'a> WeightFile<'a> {
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| StylusError::Safetensors {
             path: path.to_owned(),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
         let probe = "embeddings.word_embeddings.weight";
         let prefix = if tensors.tensor(probe).is_ok() {

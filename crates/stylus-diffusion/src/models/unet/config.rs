@@ -132,10 +132,12 @@ impl UNetConfig {
                 path: path.to_path_buf(),
                 line: Some(e.line()),
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             })?;
         let config_error = |message: String| StylusError::Config {
             path: path.to_path_buf(),
             message,
+            source: None,
         };
         if raw.addition_embed_type.is_some() || raw.cross_attention_dim == 2048 {
             return Err(StylusError::UnsupportedFormat {
