@@ -359,7 +359,7 @@ impl OpenAiClient {
                 url: config.base_url.clone(),
                 status: None,
                 message: format!("cannot build the HTTP client: {e}"),
-                source: None,
+                source: Some(Box::new(e)),
             })?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

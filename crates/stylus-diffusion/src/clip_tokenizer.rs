@@ -121,7 +121,7 @@ impl ClipTokenizer {
                 path: vocab_path.clone(),
                 line: Some(e.line()),
                 message: format!("expected an object of token -> id: {e}"),
-                source: None,
+                source: Some(Box::new(e)),
             })?;
         let merges_text = read_text(&merges_path)?;
         let mut pairs = Vec::new();

@@ -236,10 +236,10 @@ impl From<FetchError> for StylusError {
                 url: checkpoint.clone(),
                 status: None,
                 message: chain(&error),
-                source: None,
+                source: Some(Box::new(error)),
             },
             other => {
-                // StylusError has no slot for a source: keep the whole chain in the message.
+                // The message keeps the whole chain for those who print only the error.
                 let status = match &other {
                     FetchError::Http { status, .. } => Some(*status),
                     _ => None,
@@ -248,7 +248,7 @@ impl From<FetchError> for StylusError {
                     url: "adapter download".into(),
                     status,
                     message: chain(&other),
-                    source: None,
+                    source: Some(Box::new(other)),
                 }
             }
         }

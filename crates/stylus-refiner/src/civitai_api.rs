@@ -137,7 +137,7 @@ impl CivitaiClient {
                 url: base_url.to_string(),
                 status: None,
                 message: format!("cannot build the HTTP client: {e}"),
-                source: None,
+                source: Some(Box::new(e)),
             })?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -200,7 +200,7 @@ impl CivitaiClient {
                 url: url.clone(),
                 status: None,
                 message: format!("reply is not JSON: {e}"),
-                source: None,
+                source: Some(Box::new(e)),
             })?;
             if !page.get("items").is_some_and(Value::is_array) {
                 return Err(StylusError::Http {
@@ -271,7 +271,7 @@ impl CivitaiClient {
                             url: url.to_string(),
                             status: Some(status.as_u16()),
                             message: format!("reading the body: {e}"),
-                            source: None,
+                            source: Some(Box::new(e)),
                         })?;
                         return Ok((body.to_vec(), attempt as usize));
                     }

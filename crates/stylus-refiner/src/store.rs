@@ -1918,6 +1918,24 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_document_names_its_line_and_keeps_the_parser_error_as_its_source() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        StylusDocs::write(&dir, new_store(2)).unwrap();
+        let docs = std::fs::read_to_string(dir.join(DOCS_FILE)).unwrap();
+        let second = docs.lines().nth(1).unwrap();
+        replace_file(
+            &dir,
+            DOCS_FILE,
+            docs.replacen(second, "{\"card\": 7}", 1).as_bytes(),
+        );
+        let err = StylusDocs::open(&dir).unwrap_err();
+        assert!(err.to_string().contains(":2: malformed JSON"), "{err}");
+        let source = std::error::Error::source(&err).expect("the parser's error");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+    }
+
+    #[test]
     fn stores_without_light_documents_open_light_from_docs_jsonl() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("store");

@@ -827,7 +827,7 @@ impl PeftAlphas {
             path: file.path().to_path_buf(),
             line: None,
             message: format!("metadata `lora_adapter_metadata`: {e}"),
-            source: None,
+            source: Some(Box::new(e)),
         })?;
         let mut networks: BTreeMap<String, PeftNetworkAlphas> = BTreeMap::new();
         for (key, value) in json.as_object().into_iter().flatten() {
