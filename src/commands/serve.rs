@@ -53,8 +53,14 @@ pub struct Args {
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = ServeOptions::default().body_limit)]
     pub body_limit: usize,
+    /// Largest img2img request body in bytes (base64 init image and mask).
+    #[arg(long, default_value_t = ServeOptions::default().image_body_limit)]
+    pub image_body_limit: usize,
+    /// Most pixels of an uploaded init image or mask (read from its header before decoding).
+    #[arg(long, default_value_t = Limits::default().max_image_pixels)]
+    pub max_image_pixels: u64,
     /// MiB of merged adapter sets kept so a repeated set is not merged again.
     #[arg(long, default_value_t = 1024)]
     pub merge_cache_mib: usize,
@@ -85,6 +91,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             max_steps: args.max_steps,
             max_side: args.max_side,
             max_images: args.max_images,
+            max_image_pixels: args.max_image_pixels,
             ..Limits::default()
         },
         queue_depth: args.queue_depth,
@@ -93,6 +100,7 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
         api_key: args.api_key.filter(|k| !k.is_empty()),
         cors_origins: args.cors_origin,
         body_limit: args.body_limit,
+        image_body_limit: args.image_body_limit,
         merge_cache_bytes: args.merge_cache_mib.saturating_mul(1 << 20),
     };
     if !args.bind.ip().is_loopback() && options.api_key.is_none() {

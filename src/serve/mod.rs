@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod img2img;
 pub mod loras;
 pub mod metrics;
 pub mod openapi;
@@ -59,6 +60,9 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     /// `top_k` of `/v1/retrieve`.
     pub max_top_k: usize,
+    /// Pixels of an uploaded image (img2img init image, mask), read from its header before it
+    /// is decoded.
+    pub max_image_pixels: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +73,7 @@ impl Default for Limits {
             max_images: 16,
             max_prompt_chars: 4000,
             max_top_k: 1000,
+            max_image_pixels: 2048 * 2048,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct ServeOptions {
     pub cors_origins: Vec<String>,
     /// Bytes of a request body.
     pub body_limit: usize,
+    /// Bytes of an img2img request body (base64 images are large).
+    pub image_body_limit: usize,
     /// Bytes of merged adapter sets kept for reuse besides the active one.
     pub merge_cache_bytes: usize,
 }
@@ -104,6 +111,7 @@ impl Default for ServeOptions {
             api_key: None,
             cors_origins: Vec::new(),
             body_limit: 1 << 20,
+            image_body_limit: 32 << 20,
             merge_cache_bytes: 1 << 30,
         }
     }
@@ -322,22 +330,26 @@ impl Server {
 
 /// The application: routes, then the layers every request passes (outermost last).
 pub fn router(state: AppState) -> Router {
+    let auth = || axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
+    // The tower-http limit refuses a body over the limit (413) by its Content-Length before it
+    // is read, and a chunked one as soon as it passes the limit. img2img carries base64 images
+    // and gets its own, larger limit.
+    let images = Router::new()
+        .route("/sdapi/v1/img2img", axum::routing::post(img2img::img2img))
+        .route_layer(auth())
+        .layer(RequestBodyLimitLayer::new(state.options.image_body_limit));
     let mut app = Router::new()
         .merge(routes_a1111::routes())
         .merge(routes_stylus::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ))
+        .route_layer(auth())
         .merge(routes_stylus::open_routes())
+        .layer(RequestBodyLimitLayer::new(state.options.body_limit))
+        .merge(images)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
-        // The tower-http limit refuses a body over the limit (413) by its Content-Length before
-        // it is read, and a chunked one as soon as it passes the limit.
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(state.options.body_limit));
+        .layer(DefaultBodyLimit::disable());
     if !state.options.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = state
             .options
