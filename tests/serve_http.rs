@@ -721,6 +721,15 @@ async fn a_wrong_or_missing_token_is_refused_and_cors_is_off_unless_asked() {
         .await
         .unwrap();
     assert_eq!(select.status(), StatusCode::UNAUTHORIZED);
+    // Basic auth is not configured here: a basic credential does not pass.
+    let basic = server
+        .client
+        .get(&url)
+        .basic_auth("s3cret", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     // Probes need no token.
     assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(server.get("/readyz").await.status(), StatusCode::OK);
@@ -1149,5 +1158,68 @@ async fn bad_uploads_and_unsupported_img2img_fields_are_400s_naming_the_field() 
     );
     let metrics = server.metrics().await;
     assert_eq!(metric(&metrics, "stylus_images_total"), Some(0.0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_as_a1111_api_auth_lets_any_listed_credential_or_the_token_through() {
+    let server = start(
+        ServeOptions {
+            api_key: Some("t0ken".into()),
+            api_auth: stylus::serve::auth::parse_api_auth("ann:pa:ss,bob:hunter2").unwrap(),
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .await;
+    let get = |user: &str, password: &str| {
+        server
+            .client
+            .get(server.url("/sdapi/v1/loras"))
+            .basic_auth(user, Some(password))
+            .send()
+    };
+    assert_eq!(get("ann", "pa:ss").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        get("bob", "hunter2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    for (user, password) in [
+        ("bob", "pa:ss"),
+        ("ann", "pa:sS"),
+        ("eve", "hunter2"),
+        ("bob", ""),
+    ] {
+        let wrong = get(user, password).await.unwrap();
+        assert_eq!(
+            wrong.status(),
+            StatusCode::UNAUTHORIZED,
+            "{user}:{password}"
+        );
+        let challenges: Vec<_> = wrong
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(challenges, ["Bearer", "Basic realm=\"stylus\""]);
+    }
+    // img2img sits behind the same check.
+    let img2img = server
+        .client
+        .post(server.url("/sdapi/v1/img2img"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img2img.status(), StatusCode::UNAUTHORIZED);
+    let token = server
+        .client
+        .get(server.url("/sdapi/v1/loras"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), StatusCode::OK);
     server.stop().await;
 }

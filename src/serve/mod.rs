@@ -89,8 +89,12 @@ pub struct ServeOptions {
     /// After a shutdown signal: how long running and queued renders may still finish before
     /// they are cancelled (each still gets a whole answer).
     pub shutdown_grace: Duration,
-    /// Bearer token every request but `/healthz` and `/readyz` must carry.
+    /// Bearer token every request but `/healthz` and `/readyz` must carry (or a basic
+    /// credential of `api_auth`).
     pub api_key: Option<String>,
+    /// A1111's `--api-auth`: basic-auth credentials, any of which lets a request through (as
+    /// does the bearer token).
+    pub api_auth: Vec<auth::BasicCredential>,
     /// Origins allowed by CORS; empty: no CORS headers (browsers refuse cross-origin calls).
     pub cors_origins: Vec<String>,
     /// Bytes of a request body.
@@ -109,6 +113,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             api_key: None,
+            api_auth: Vec::new(),
             cors_origins: Vec::new(),
             body_limit: 1 << 20,
             image_body_limit: 32 << 20,
