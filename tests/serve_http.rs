@@ -250,6 +250,7 @@ async fn a1111_listing_endpoints_and_probes_answer() {
     let openapi: Value = server.get("/openapi.json").await.json().await.unwrap();
     for path in [
         "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
         "/sdapi/v1/loras",
         "/sdapi/v1/sd-models",
         "/sdapi/v1/samplers",
@@ -1221,5 +1222,76 @@ async fn basic_auth_as_a1111_api_auth_lets_any_listed_credential_or_the_token_th
         .await
         .unwrap();
     assert_eq!(token.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_options_set_the_default_clip_skip_and_refuse_another_model() {
+    let server = start(ServeOptions::default(), true).await;
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    let title = options["sd_model_checkpoint"].as_str().unwrap().to_string();
+    let render = |override_skip: Option<i64>| {
+        let mut request = txt2img("a castle", 3);
+        if let Some(skip) = override_skip {
+            request["override_settings"] = json!({ "CLIP_stop_at_last_layers": skip });
+        }
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        async move {
+            let body: Value = client
+                .post(url)
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            images(&body)
+        }
+    };
+    let skip1 = render(Some(1)).await;
+    let skip2 = render(Some(2)).await;
+    assert_ne!(skip1, skip2);
+    assert_eq!(render(None).await, skip1);
+
+    // The loaded model (a no-op), clip skip 2, and a key this server does not know (ignored).
+    let set = server
+        .post(
+            "/sdapi/v1/options",
+            &json!({"sd_model_checkpoint": title, "CLIP_stop_at_last_layers": 2, "sd_vae": "Automatic"}),
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(set.json::<Value>().await.unwrap(), Value::Null);
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["CLIP_stop_at_last_layers"], 2);
+    assert_eq!(render(None).await, skip2);
+
+    // Another model, or a bad clip skip: 400 naming it, and nothing changes.
+    for (body, expected) in [
+        (
+            json!({"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": "sd_xl_base_1.0 [31e35c80fc]"}),
+            "sd_model_checkpoint `sd_xl_base_1.0 [31e35c80fc]`",
+        ),
+        (
+            json!({"CLIP_stop_at_last_layers": 12}),
+            "CLIP_stop_at_last_layers 12",
+        ),
+        (
+            json!(["not", "an", "object"]),
+            "options: expected a JSON object",
+        ),
+    ] {
+        let refused = server.post("/sdapi/v1/options", &body).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{expected}");
+        let detail: Value = refused.json().await.unwrap();
+        assert!(
+            detail["detail"].as_str().unwrap().contains(expected),
+            "{detail}"
+        );
+    }
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["CLIP_stop_at_last_layers"], 2);
     server.stop().await;
 }

@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod queue;
 pub mod routes_a1111;
 pub mod routes_stylus;
+pub mod settings;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -179,6 +180,8 @@ pub struct Inner {
     pub queue: RenderQueue,
     pub metrics: Metrics,
     pub options: ServeOptions,
+    /// What `POST /sdapi/v1/options` changed.
+    pub settings: settings::Settings,
     pub draining: AtomicBool,
 }
 
@@ -274,6 +277,7 @@ impl Server {
             open = open.locator(locator.clone());
         }
         let stylus = open.open(Source::Catalog(catalog), &setup.config)?;
+        let settings = settings::Settings::new(setup.config.sampling.clip_skip);
         let (queue, worker) = RenderQueue::new(options.queue_depth, status);
         let state = AppState(Arc::new(Inner {
             stylus,
@@ -283,6 +287,7 @@ impl Server {
             queue,
             metrics: Metrics::new(merge_stats),
             options,
+            settings,
             draining: AtomicBool::new(false),
         }));
         Ok(Self { state, worker })

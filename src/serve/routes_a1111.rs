@@ -1,5 +1,6 @@
 //! The AUTOMATIC1111 WebUI API subset: `POST /sdapi/v1/txt2img`, `GET /sdapi/v1/loras`,
-//! `/sd-models`, `/samplers`, `/options`, `/progress`, `POST /sdapi/v1/interrupt`.
+//! `/sd-models`, `/samplers`, `/progress`, `POST /sdapi/v1/interrupt` (`/options` is in
+//! [`super::settings`], `/img2img` in [`super::img2img`]).
 //!
 //! Request fields are A1111's; fields this server does not implement are ignored when off
 //! (clients send all of them) and refused when turned on (`enable_hr`, `restore_faces`,
@@ -38,7 +39,10 @@ pub fn routes() -> Router<AppState> {
         .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/samplers", get(samplers))
-        .route("/sdapi/v1/options", get(options))
+        .route(
+            "/sdapi/v1/options",
+            get(super::settings::get_options).post(super::settings::set_options),
+        )
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
 }
@@ -229,7 +233,8 @@ pub(crate) async fn to_generation(
             })?;
             in_range("override_settings.CLIP_stop_at_last_layers", skip, 1, 2)? as usize
         }
-        None => defaults.clip_skip,
+        // The default as `POST /sdapi/v1/options` last set it.
+        None => state.settings.clip_skip(),
     };
     let seed = match body.seed {
         -1 => random_seed(),
@@ -622,17 +627,6 @@ async fn samplers() -> Json<Value> {
         })
         .collect();
     Json(Value::Array(list))
-}
-
-async fn options(State(state): State<AppState>) -> Json<Value> {
-    let sampling = &state.stylus.config().sampling;
-    Json(json!({
-        "sd_model_checkpoint": state.model.as_ref().map(|m| m.title()),
-        "sd_checkpoint_hash": null,
-        "CLIP_stop_at_last_layers": sampling.clip_skip,
-        "samples_format": "png",
-        "sd_lora": "None",
-    }))
 }
 
 async fn progress(State(state): State<AppState>) -> Json<Value> {
