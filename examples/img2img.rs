@@ -40,9 +40,8 @@ async fn main() -> Result<(), StylusError> {
     // 2. Inpainting: white in the mask is repainted; the rest of the photo is kept.
     if let Some(mask) = rest.get(1) {
         init.mask = Some(InpaintMask {
-            path: PathBuf::from(mask),
             blur: 4,
-            resize: false,
+            ..InpaintMask::new(PathBuf::from(mask))
         });
     }
 

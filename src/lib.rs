@@ -41,9 +41,9 @@ pub use stylus_retriever as retriever;
 
 pub use catalog::Catalog;
 pub use stylus_core::{
-    AdapterLocator, Composer, Embedder, Generation, GenerationRequest, InitImage, InpaintMask,
-    MaskStrategy, NetworkConfig, ResizeMode, Result, RetrievalFilter, Retriever, Sampler,
-    SearchIndex, SelectOptions, SelectionPlan, StylusConfig, StylusError,
+    AdapterLocator, Composer, Embedder, Generation, GenerationRequest, ImageBytes, InitImage,
+    InpaintMask, MaskStrategy, NetworkConfig, ResizeMode, Result, RetrievalFilter, Retriever,
+    Sampler, SearchIndex, SelectOptions, SelectionPlan, StylusConfig, StylusError,
 };
 
 use stylus_composer::{LocalComposer, StrategyMasker};

@@ -250,6 +250,7 @@ async fn a1111_listing_endpoints_and_probes_answer() {
     let openapi: Value = server.get("/openapi.json").await.json().await.unwrap();
     for path in [
         "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
         "/sdapi/v1/loras",
         "/sdapi/v1/sd-models",
         "/sdapi/v1/samplers",
@@ -721,6 +722,15 @@ async fn a_wrong_or_missing_token_is_refused_and_cors_is_off_unless_asked() {
         .await
         .unwrap();
     assert_eq!(select.status(), StatusCode::UNAUTHORIZED);
+    // Basic auth is not configured here: a basic credential does not pass.
+    let basic = server
+        .client
+        .get(&url)
+        .basic_auth("s3cret", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     // Probes need no token.
     assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(server.get("/readyz").await.status(), StatusCode::OK);
@@ -902,4 +912,386 @@ async fn shutdown_finishes_running_renders_within_the_grace_and_cancels_after_it
     assert_eq!(cancelled.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = cancelled.json().await.unwrap();
     assert_eq!(body["error"], "ShuttingDown");
+}
+
+// ---- img2img ----
+
+/// An 8-bit PNG in memory (`grey`: one channel, else RGB).
+fn png_bytes(width: u32, height: u32, grey: bool, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(if grey {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(data).unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+/// A 16x16 RGB gradient (the init image of the img2img tests).
+fn init_pixels() -> Vec<u8> {
+    (0..16 * 16)
+        .flat_map(|i: u32| [(i % 16 * 16) as u8, (i / 16 * 16) as u8, 128])
+        .collect()
+}
+
+/// A 16x16 mask: the right half white (repaint).
+fn right_half_mask() -> Vec<u8> {
+    (0..16 * 16)
+        .map(|i: u32| if i % 16 >= 8 { 255 } else { 0 })
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode_png(b64_png: &str) -> Vec<u8> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64_png)
+        .unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut pixels).unwrap();
+    pixels
+}
+
+fn img2img_request(init: &[u8]) -> Value {
+    let mut request = txt2img("a castle", 7);
+    request["batch_size"] = json!(1);
+    request["sampler_name"] = json!("Euler");
+    request["init_images"] = json!([format!("data:image/png;base64,{}", b64(init))]);
+    request["denoising_strength"] = json!(0.6);
+    request["resize_mode"] = json!(1);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn img2img_and_inpainting_render_what_the_library_renders_from_the_same_files() {
+    let server = start(ServeOptions::default(), true).await;
+    let init = png_bytes(16, 16, false, &init_pixels());
+    let mask = png_bytes(16, 16, true, &right_half_mask());
+
+    let request = img2img_request(&init);
+    let response = server.post("/sdapi/v1/img2img", &request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let plain = images(&body);
+    assert_eq!(plain.len(), 1);
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["denoising_strength"], json!(0.6));
+    assert_eq!(info["seed"], 7);
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    assert!(infotext.contains("Denoising strength: 0.6"), "{infotext}");
+    // The uploads are not echoed back (A1111's default).
+    assert_eq!(body["parameters"]["init_images"], Value::Null);
+    assert_eq!(body["parameters"]["denoising_strength"], json!(0.6));
+
+    // Inpainting the right half (no blur): the left half keeps the init image's pixels.
+    let mut inpaint = img2img_request(&init);
+    inpaint["mask"] = json!(b64(&mask));
+    inpaint["mask_blur"] = json!(0);
+    inpaint["inpainting_fill"] = json!(1);
+    inpaint["inpaint_full_res"] = json!(false);
+    let body: Value = server
+        .post("/sdapi/v1/img2img", &inpaint)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let inpainted = decode_png(&images(&body)[0]);
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["extra_generation_params"]["Mask blur"], 0);
+    let original = init_pixels();
+    let column = |pixels: &[u8], x: usize| -> Vec<u8> {
+        (0..16)
+            .flat_map(|y| pixels[(y * 16 + x) * 3..(y * 16 + x) * 3 + 3].to_vec())
+            .collect()
+    };
+    for x in 0..8 {
+        assert_eq!(column(&inpainted, x), column(&original, x), "column {x}");
+    }
+    assert_ne!(column(&inpainted, 12), column(&original, 12));
+    // Inverted: the right half is kept instead.
+    inpaint["inpainting_mask_invert"] = json!(1);
+    let body: Value = server
+        .post("/sdapi/v1/img2img", &inpaint)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let inverted = decode_png(&images(&body)[0]);
+    for x in 8..16 {
+        assert_eq!(column(&inverted, x), column(&original, x), "column {x}");
+    }
+
+    // The library (as `stylus generate --init-image FILE` runs it) renders the same pixels.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("init.png"), &init).unwrap();
+    std::fs::write(dir.path().join("mask.png"), &mask).unwrap();
+    let checkpoint =
+        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir.path());
+    let loaded = stylus::render::load_sampler(&checkpoint, Device::Cpu, None).unwrap();
+    let stylus = Stylus::options()
+        .sampler(loaded.sampler)
+        .open(Source::Bundled, &StylusConfig::default())
+        .unwrap();
+    let mut init_image = stylus::InitImage::new(dir.path().join("init.png"));
+    init_image.strength = 0.6;
+    init_image.resize_mode = stylus::ResizeMode::Fill;
+    let mut library_request = stylus::GenerationRequest {
+        prompt: "a castle".into(),
+        negative_prompt: "blurry".into(),
+        batch: 1,
+        seed: 7,
+        sampling: stylus_core::SamplingParams {
+            steps: 3,
+            guidance_scale: 5.0,
+            sampler: "euler".into(),
+            width: 16,
+            height: 16,
+            clip_skip: 1,
+        },
+        select: false,
+        explicit_loras: vec![],
+        init_latents: None,
+        keep_latents: false,
+        init_image: Some(init_image.clone()),
+    };
+    let library = stylus.generate(&library_request).await.unwrap();
+    assert_eq!(library.images[0].rgb, decode_png(&plain[0]));
+    init_image.mask = Some(stylus::InpaintMask::new(dir.path().join("mask.png")));
+    library_request.init_image = Some(init_image);
+    let library = stylus.generate(&library_request).await.unwrap();
+    assert_eq!(library.images[0].rgb, inpainted);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_and_unsupported_img2img_fields_are_400s_naming_the_field() {
+    let server = start(
+        ServeOptions {
+            limits: Limits {
+                max_image_pixels: 32 * 32,
+                ..Limits::default()
+            },
+            image_body_limit: 64 << 10,
+            ..ServeOptions::default()
+        },
+        true,
+    )
+    .await;
+    let init = png_bytes(16, 16, false, &init_pixels());
+    let big = png_bytes(64, 64, true, &[9; 64 * 64]);
+    let small_mask = png_bytes(8, 8, true, &[255; 64]);
+    let mask = b64(&png_bytes(16, 16, true, &right_half_mask()));
+    let with = |field: &str, value: Value| {
+        let mut request = img2img_request(&init);
+        request["mask"] = json!(mask);
+        request["inpainting_fill"] = json!(1);
+        request[field] = value;
+        request
+    };
+    for (request, expected) in [
+        (
+            with("init_images", json!(["%%% not base64"])),
+            "init_images[0]: not valid base64",
+        ),
+        (
+            with(
+                "init_images",
+                json!([b64(b"GIF89a, or rather not an image at all")]),
+            ),
+            "init_images[0]: not a PNG or JPEG",
+        ),
+        (
+            with("init_images", json!([b64(&big)])),
+            "init_images[0]: 64x64 pixels; this server accepts at most 1024",
+        ),
+        (with("init_images", json!([])), "init_images: no image"),
+        (
+            with("mask", json!(b64(&small_mask))),
+            "mask: 8x8 pixels but init_images[0] is 16x16",
+        ),
+        (
+            with("mask", json!("data:image/png;base64,@@")),
+            "mask: not valid base64",
+        ),
+        (
+            with("resize_mode", json!(3)),
+            "resize_mode 3 (latent upscale)",
+        ),
+        (
+            with("inpainting_fill", json!(0)),
+            "inpainting_fill 0 (fill)",
+        ),
+        (
+            with("inpaint_full_res", json!(true)),
+            "inpaint_full_res true",
+        ),
+        (
+            with("mask_blur_x", json!(2)),
+            "mask_blur_x 2 and mask_blur_y 4",
+        ),
+        (
+            with("denoising_strength", json!(1.5)),
+            "denoising_strength 1.5: must be in 0..=1",
+        ),
+        (with("steps", json!(0)), "steps 0: must be in 1..=150"),
+    ] {
+        let response = server.post("/sdapi/v1/img2img", &request).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{expected}");
+        let body: Value = response.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{expected}: {detail}");
+    }
+    // A body over --image-body-limit is refused unread.
+    let huge = with("prompt", json!("x".repeat(100 << 10)));
+    assert_eq!(
+        server.post("/sdapi/v1/img2img", &huge).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "stylus_images_total"), Some(0.0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_as_a1111_api_auth_lets_any_listed_credential_or_the_token_through() {
+    let server = start(
+        ServeOptions {
+            api_key: Some("t0ken".into()),
+            api_auth: stylus::serve::auth::parse_api_auth("ann:pa:ss,bob:hunter2").unwrap(),
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .await;
+    let get = |user: &str, password: &str| {
+        server
+            .client
+            .get(server.url("/sdapi/v1/loras"))
+            .basic_auth(user, Some(password))
+            .send()
+    };
+    assert_eq!(get("ann", "pa:ss").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        get("bob", "hunter2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    for (user, password) in [
+        ("bob", "pa:ss"),
+        ("ann", "pa:sS"),
+        ("eve", "hunter2"),
+        ("bob", ""),
+    ] {
+        let wrong = get(user, password).await.unwrap();
+        assert_eq!(
+            wrong.status(),
+            StatusCode::UNAUTHORIZED,
+            "{user}:{password}"
+        );
+        let challenges: Vec<_> = wrong
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(challenges, ["Bearer", "Basic realm=\"stylus\""]);
+    }
+    // img2img sits behind the same check.
+    let img2img = server
+        .client
+        .post(server.url("/sdapi/v1/img2img"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img2img.status(), StatusCode::UNAUTHORIZED);
+    let token = server
+        .client
+        .get(server.url("/sdapi/v1/loras"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_options_set_the_default_clip_skip_and_refuse_another_model() {
+    let server = start(ServeOptions::default(), true).await;
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    let title = options["sd_model_checkpoint"].as_str().unwrap().to_string();
+    let render = |override_skip: Option<i64>| {
+        let mut request = txt2img("a castle", 3);
+        if let Some(skip) = override_skip {
+            request["override_settings"] = json!({ "CLIP_stop_at_last_layers": skip });
+        }
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/txt2img");
+        async move {
+            let body: Value = client
+                .post(url)
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            images(&body)
+        }
+    };
+    let skip1 = render(Some(1)).await;
+    let skip2 = render(Some(2)).await;
+    assert_ne!(skip1, skip2);
+    assert_eq!(render(None).await, skip1);
+
+    // The loaded model (a no-op), clip skip 2, and a key this server does not know (ignored).
+    let set = server
+        .post(
+            "/sdapi/v1/options",
+            &json!({"sd_model_checkpoint": title, "CLIP_stop_at_last_layers": 2, "sd_vae": "Automatic"}),
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(set.json::<Value>().await.unwrap(), Value::Null);
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["CLIP_stop_at_last_layers"], 2);
+    assert_eq!(render(None).await, skip2);
+
+    // Another model, or a bad clip skip: 400 naming it, and nothing changes.
+    for (body, expected) in [
+        (
+            json!({"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": "sd_xl_base_1.0 [31e35c80fc]"}),
+            "sd_model_checkpoint `sd_xl_base_1.0 [31e35c80fc]`",
+        ),
+        (
+            json!({"CLIP_stop_at_last_layers": 12}),
+            "CLIP_stop_at_last_layers 12",
+        ),
+        (
+            json!(["not", "an", "object"]),
+            "options: expected a JSON object",
+        ),
+    ] {
+        let refused = server.post("/sdapi/v1/options", &body).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{expected}");
+        let detail: Value = refused.json().await.unwrap();
+        assert!(
+            detail["detail"].as_str().unwrap().contains(expected),
+            "{detail}"
+        );
+    }
+    let options: Value = server.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["CLIP_stop_at_last_layers"], 2);
+    server.stop().await;
 }

@@ -387,15 +387,16 @@ fn init_image(args: &Args) -> Result<Option<InitImage>, StylusError> {
                 ));
             }
             Some(InpaintMask {
-                path: mask_path.clone(),
                 blur: args.mask_blur,
                 resize: args.resize_mask,
+                ..InpaintMask::new(mask_path)
             })
         }
         None => None,
     };
     let init = InitImage {
         path: path.clone(),
+        bytes: None,
         strength: args.strength.unwrap_or(InitImage::DEFAULT_STRENGTH),
         resize_mode: args.resize_mode,
         mask,

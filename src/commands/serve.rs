@@ -38,6 +38,15 @@ pub struct Args {
     /// Bearer token every request but /healthz and /readyz must carry.
     #[arg(long, env = "STYLUS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A1111's basic auth: USER:PASSWORD[,USER2:PASSWORD2] (what clients such as webuiapi
+    /// send); any credential, or the --api-key token, lets a request through.
+    #[arg(
+        long,
+        env = "STYLUS_API_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASS,..."
+    )]
+    pub api_auth: Option<String>,
     /// Allow browser calls from this origin (repeatable, e.g. https://app.example); no CORS
     /// headers without it.
     #[arg(long, value_name = "ORIGIN")]
@@ -53,8 +62,14 @@ pub struct Args {
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = ServeOptions::default().body_limit)]
     pub body_limit: usize,
+    /// Largest img2img request body in bytes (base64 init image and mask).
+    #[arg(long, default_value_t = ServeOptions::default().image_body_limit)]
+    pub image_body_limit: usize,
+    /// Most pixels of an uploaded init image or mask (read from its header before decoding).
+    #[arg(long, default_value_t = Limits::default().max_image_pixels)]
+    pub max_image_pixels: u64,
     /// MiB of merged adapter sets kept so a repeated set is not merged again.
     #[arg(long, default_value_t = 1024)]
     pub merge_cache_mib: usize,
@@ -85,20 +100,26 @@ pub fn run(args: Args, config: &StylusConfig) -> Result<(), StylusError> {
             max_steps: args.max_steps,
             max_side: args.max_side,
             max_images: args.max_images,
+            max_image_pixels: args.max_image_pixels,
             ..Limits::default()
         },
         queue_depth: args.queue_depth,
         request_timeout: seconds("--request-timeout", args.request_timeout)?,
         shutdown_grace: seconds("--shutdown-grace", args.shutdown_grace)?,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        api_auth: match &args.api_auth {
+            Some(value) => stylus::serve::auth::parse_api_auth(value)?,
+            None => Vec::new(),
+        },
         cors_origins: args.cors_origin,
         body_limit: args.body_limit,
+        image_body_limit: args.image_body_limit,
         merge_cache_bytes: args.merge_cache_mib.saturating_mul(1 << 20),
     };
-    if !args.bind.ip().is_loopback() && options.api_key.is_none() {
+    if !args.bind.ip().is_loopback() && options.api_key.is_none() && options.api_auth.is_empty() {
         tracing::warn!(
             bind = %args.bind,
-            "listening beyond loopback without --api-key: anyone who reaches this address can render"
+            "listening beyond loopback without --api-key or --api-auth: anyone who reaches this address can render"
         );
     }
     let checkpoint = match &args.checkpoint {

@@ -42,7 +42,10 @@ impl From<StylusError> for ApiError {
     fn from(err: StylusError) -> Self {
         let detail = err.to_string();
         match err {
-            StylusError::InvalidArgument(_) => Self::bad_request(detail),
+            // The server's only input images are uploads (img2img): a bad one is the client's.
+            StylusError::InvalidArgument(_) | StylusError::Image { .. } => {
+                Self::bad_request(detail)
+            }
             StylusError::MissingAdapters { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "MissingAdapters", detail)
             }

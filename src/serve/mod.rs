@@ -18,12 +18,14 @@
 
 pub mod auth;
 pub mod error;
+pub mod img2img;
 pub mod loras;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
 pub mod routes_a1111;
 pub mod routes_stylus;
+pub mod settings;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,6 +61,9 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     /// `top_k` of `/v1/retrieve`.
     pub max_top_k: usize,
+    /// Pixels of an uploaded image (img2img init image, mask), read from its header before it
+    /// is decoded.
+    pub max_image_pixels: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +74,7 @@ impl Default for Limits {
             max_images: 16,
             max_prompt_chars: 4000,
             max_top_k: 1000,
+            max_image_pixels: 2048 * 2048,
         }
     }
 }
@@ -84,12 +90,18 @@ pub struct ServeOptions {
     /// After a shutdown signal: how long running and queued renders may still finish before
     /// they are cancelled (each still gets a whole answer).
     pub shutdown_grace: Duration,
-    /// Bearer token every request but `/healthz` and `/readyz` must carry.
+    /// Bearer token every request but `/healthz` and `/readyz` must carry (or a basic
+    /// credential of `api_auth`).
     pub api_key: Option<String>,
+    /// A1111's `--api-auth`: basic-auth credentials, any of which lets a request through (as
+    /// does the bearer token).
+    pub api_auth: Vec<auth::BasicCredential>,
     /// Origins allowed by CORS; empty: no CORS headers (browsers refuse cross-origin calls).
     pub cors_origins: Vec<String>,
     /// Bytes of a request body.
     pub body_limit: usize,
+    /// Bytes of an img2img request body (base64 images are large).
+    pub image_body_limit: usize,
     /// Bytes of merged adapter sets kept for reuse besides the active one.
     pub merge_cache_bytes: usize,
 }
@@ -102,8 +114,10 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             api_key: None,
+            api_auth: Vec::new(),
             cors_origins: Vec::new(),
             body_limit: 1 << 20,
+            image_body_limit: 32 << 20,
             merge_cache_bytes: 1 << 30,
         }
     }
@@ -166,6 +180,8 @@ pub struct Inner {
     pub queue: RenderQueue,
     pub metrics: Metrics,
     pub options: ServeOptions,
+    /// What `POST /sdapi/v1/options` changed.
+    pub settings: settings::Settings,
     pub draining: AtomicBool,
 }
 
@@ -261,6 +277,7 @@ impl Server {
             open = open.locator(locator.clone());
         }
         let stylus = open.open(Source::Catalog(catalog), &setup.config)?;
+        let settings = settings::Settings::new(setup.config.sampling.clip_skip);
         let (queue, worker) = RenderQueue::new(options.queue_depth, status);
         let state = AppState(Arc::new(Inner {
             stylus,
@@ -270,6 +287,7 @@ impl Server {
             queue,
             metrics: Metrics::new(merge_stats),
             options,
+            settings,
             draining: AtomicBool::new(false),
         }));
         Ok(Self { state, worker })
@@ -322,22 +340,26 @@ impl Server {
 
 /// The application: routes, then the layers every request passes (outermost last).
 pub fn router(state: AppState) -> Router {
+    let auth = || axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
+    // The tower-http limit refuses a body over the limit (413) by its Content-Length before it
+    // is read, and a chunked one as soon as it passes the limit. img2img carries base64 images
+    // and gets its own, larger limit.
+    let images = Router::new()
+        .route("/sdapi/v1/img2img", axum::routing::post(img2img::img2img))
+        .route_layer(auth())
+        .layer(RequestBodyLimitLayer::new(state.options.image_body_limit));
     let mut app = Router::new()
         .merge(routes_a1111::routes())
         .merge(routes_stylus::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ))
+        .route_layer(auth())
         .merge(routes_stylus::open_routes())
+        .layer(RequestBodyLimitLayer::new(state.options.body_limit))
+        .merge(images)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
-        // The tower-http limit refuses a body over the limit (413) by its Content-Length before
-        // it is read, and a chunked one as soon as it passes the limit.
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(state.options.body_limit));
+        .layer(DefaultBodyLimit::disable());
     if !state.options.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = state
             .options

@@ -77,10 +77,21 @@ pub fn document() -> Value {
                     "503": { "description": "No checkpoint loaded, or shutting down" },
                     "504": { "description": "Not finished within --request-timeout" }
                 })) } },
+            "/sdapi/v1/img2img": { "post": {
+                "summary": "img2img and inpainting: the txt2img fields plus init_images (one, base64), mask, denoising_strength, resize_mode (0-2), mask_blur, inpainting_mask_invert, inpainting_fill (1), inpaint_full_res (false); body limit --image-body-limit",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["init_images"] } } } },
+                "responses": with_errors(json!({
+                    "200": { "description": "Images and info (with denoising_strength)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Txt2ImgResponse" } } } },
+                    "409": { "description": "Interrupted (POST /sdapi/v1/interrupt)" },
+                    "429": { "description": "Queue full; Retry-After says when to retry" },
+                    "503": { "description": "No checkpoint loaded, or shutting down" },
+                    "504": { "description": "Not finished within --request-timeout" }
+                })) } },
             "/sdapi/v1/loras": { "get": { "summary": "LoRA files of --lora-dir: name, alias, path (inside the folder), metadata", "responses": ok_json("List") } },
             "/sdapi/v1/sd-models": { "get": { "summary": "The loaded checkpoint", "responses": ok_json("List") } },
             "/sdapi/v1/samplers": { "get": { "summary": "Samplers by A1111 name", "responses": ok_json("List") } },
-            "/sdapi/v1/options": { "get": { "summary": "Settings A1111 clients read (sd_model_checkpoint, CLIP_stop_at_last_layers)", "responses": ok_json("Object") } },
+            "/sdapi/v1/options": { "get": { "summary": "Settings A1111 clients read (sd_model_checkpoint, CLIP_stop_at_last_layers)", "responses": ok_json("Object") },
+                "post": { "summary": "Set settings: sd_model_checkpoint (the loaded model only), CLIP_stop_at_last_layers (1 or 2); other keys ignored", "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } }, "responses": with_errors(ok_json("null")) } },
             "/sdapi/v1/progress": { "get": { "summary": "Progress of the running render and the queue's job count", "responses": ok_json("Object") } },
             "/sdapi/v1/interrupt": { "post": { "summary": "Stop the running render", "responses": ok_json("{interrupted: bool}") } },
             "/v1/select": { "post": { "summary": "The selection plan (as `stylus select --json`)", "requestBody": json_body("SelectRequest"), "responses": with_errors(ok_json("SelectionPlan")) } },

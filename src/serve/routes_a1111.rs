@@ -1,5 +1,6 @@
 //! The AUTOMATIC1111 WebUI API subset: `POST /sdapi/v1/txt2img`, `GET /sdapi/v1/loras`,
-//! `/sd-models`, `/samplers`, `/options`, `/progress`, `POST /sdapi/v1/interrupt`.
+//! `/sd-models`, `/samplers`, `/progress`, `POST /sdapi/v1/interrupt` (`/options` is in
+//! [`super::settings`], `/img2img` in [`super::img2img`]).
 //!
 //! Request fields are A1111's; fields this server does not implement are ignored when off
 //! (clients send all of them) and refused when turned on (`enable_hr`, `restore_faces`,
@@ -38,7 +39,10 @@ pub fn routes() -> Router<AppState> {
         .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/samplers", get(samplers))
-        .route("/sdapi/v1/options", get(options))
+        .route(
+            "/sdapi/v1/options",
+            get(super::settings::get_options).post(super::settings::set_options),
+        )
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
 }
@@ -151,7 +155,10 @@ fn random_seed() -> u64 {
 }
 
 /// The generation request for `body`, every field checked before any work.
-async fn to_generation(state: &AppState, body: &Txt2ImgRequest) -> ApiResult<GenerationRequest> {
+pub(crate) async fn to_generation(
+    state: &AppState,
+    body: &Txt2ImgRequest,
+) -> ApiResult<GenerationRequest> {
     let limits_ = &state.options.limits;
     if body.enable_hr || body.restore_faces == Some(true) || body.tiling == Some(true) {
         return Err(ApiError::bad_request(
@@ -226,7 +233,8 @@ async fn to_generation(state: &AppState, body: &Txt2ImgRequest) -> ApiResult<Gen
             })?;
             in_range("override_settings.CLIP_stop_at_last_layers", skip, 1, 2)? as usize
         }
-        None => defaults.clip_skip,
+        // The default as `POST /sdapi/v1/options` last set it.
+        None => state.settings.clip_skip(),
     };
     let seed = match body.seed {
         -1 => random_seed(),
@@ -319,6 +327,13 @@ async fn txt2img(
             format!("txt2img request: {e}"),
         )
     })?;
+    let model = ready_to_render(&state)?;
+    let generation = to_generation(&state, &request).await?;
+    render(&state, model, &request, generation, raw).await
+}
+
+/// The loaded model, or 503 when this server does not render (no checkpoint, shutting down).
+pub(crate) fn ready_to_render(state: &AppState) -> ApiResult<super::ModelInfo> {
     let Some(model) = state.model.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -334,7 +349,18 @@ async fn txt2img(
         )
         .with_retry_after(5));
     }
-    let generation = to_generation(&state, &request).await?;
+    Ok(model)
+}
+
+/// Queues `generation`, waits for it and answers as A1111 does: the images as base64 PNGs,
+/// `parameters` echoed, the `info` JSON.
+pub(crate) async fn render(
+    state: &AppState,
+    model: super::ModelInfo,
+    request: &Txt2ImgRequest,
+    generation: GenerationRequest,
+    parameters: Value,
+) -> ApiResult<Json<Value>> {
     let deadline = Instant::now() + state.options.request_timeout;
     let ticket = state
         .queue
@@ -352,13 +378,13 @@ async fn txt2img(
         })?;
     let rendered = match ticket.wait().await {
         Ok(rendered) => rendered,
-        Err(JobError::Cancelled(reason)) => return Err(cancelled(reason, &state)),
+        Err(JobError::Cancelled(reason)) => return Err(cancelled(reason, state)),
         Err(JobError::Failed(err)) => return Err(err.into()),
     };
     state.metrics.stage("queue", rendered.queue_seconds);
     let generation_out = rendered.generation;
     if let Some(plan) = &generation_out.plan {
-        record_selection(&state, &plan.timings_ms);
+        record_selection(state, &plan.timings_ms);
     }
     state.metrics.stage("render", rendered.render_seconds);
 
@@ -371,10 +397,10 @@ async fn txt2img(
         .metrics
         .stage("encode", encode_started.elapsed().as_secs_f64());
     state.metrics.images(encoded.images.len());
-    let info = info_json(&request, &generation, &encoded);
+    let info = info_json(request, &generation, &encoded);
     Ok(Json(json!({
         "images": encoded.images,
-        "parameters": raw,
+        "parameters": parameters,
         "info": info.to_string(),
     })))
 }
@@ -511,6 +537,10 @@ fn info_json(request: &Txt2ImgRequest, generation: &GenerationRequest, out: &Enc
     if !out.lora_hashes.is_empty() {
         extra.insert("Lora hashes".into(), json!(out.lora_hashes));
     }
+    let init = generation.init_image.as_ref();
+    if let Some(mask) = init.and_then(|i| i.mask.as_ref()) {
+        extra.insert("Mask blur".into(), json!(mask.blur));
+    }
     json!({
         "prompt": first(&out.prompts),
         "all_prompts": out.prompts,
@@ -536,7 +566,8 @@ fn info_json(request: &Txt2ImgRequest, generation: &GenerationRequest, out: &Enc
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": null,
+        // Through its shortest decimal form, so 0.6 reads 0.6 (not 0.6000000238).
+        "denoising_strength": init.and_then(|i| i.strength.to_string().parse::<f64>().ok()),
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": out.infotexts,
@@ -596,17 +627,6 @@ async fn samplers() -> Json<Value> {
         })
         .collect();
     Json(Value::Array(list))
-}
-
-async fn options(State(state): State<AppState>) -> Json<Value> {
-    let sampling = &state.stylus.config().sampling;
-    Json(json!({
-        "sd_model_checkpoint": state.model.as_ref().map(|m| m.title()),
-        "sd_checkpoint_hash": null,
-        "CLIP_stop_at_last_layers": sampling.clip_skip,
-        "samples_format": "png",
-        "sd_lora": "None",
-    }))
 }
 
 async fn progress(State(state): State<AppState>) -> Json<Value> {

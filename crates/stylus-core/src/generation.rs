@@ -1,6 +1,7 @@
 //! Requests and results of image generation.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,8 +73,13 @@ impl ResizeMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitImage {
     /// A PNG or JPEG file (8 or 16 bit, grey, palette, RGB or RGBA; alpha is composited on white;
-    /// JPEG EXIF orientation is applied).
+    /// JPEG EXIF orientation is applied). With [`InitImage::bytes`] it only names the image in
+    /// messages and records (`init_images[0]`).
     pub path: PathBuf,
+    /// The encoded file held in memory (an HTTP upload): decoded from here, with the same checks
+    /// as a file, instead of reading `path`. Not serialized (a plan records the name).
+    #[serde(skip)]
+    pub bytes: Option<ImageBytes>,
     /// How much of the image is replaced, in [0, 1] (A1111's "denoising strength"): the sampler
     /// runs the last `floor(steps * strength)` of its steps from the image noised to that level
     /// (diffusers' `get_timesteps`). 1 starts from pure noise (txt2img, or inpainting with a
@@ -93,14 +99,50 @@ pub struct InitImage {
 /// The mask of an inpainting request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InpaintMask {
-    /// A grey, RGB or RGBA PNG/JPEG of the init image's size (after its EXIF rotation).
+    /// A grey, RGB or RGBA PNG/JPEG of the init image's size (after its EXIF rotation). With
+    /// [`InpaintMask::bytes`] it only names the mask in messages.
     pub path: PathBuf,
+    /// The encoded mask held in memory (see [`InitImage::bytes`]).
+    #[serde(skip)]
+    pub bytes: Option<ImageBytes>,
     /// Gaussian blur radius in pixels applied to the mask (A1111's "mask blur").
     #[serde(default)]
     pub blur: u32,
     /// Fit a mask of another size like the image (else a size mismatch is an error).
     #[serde(default)]
     pub resize: bool,
+    /// Repaint where the mask is black instead (A1111's `inpainting_mask_invert`).
+    #[serde(default)]
+    pub invert: bool,
+}
+
+impl InpaintMask {
+    /// The mask in `path`, not blurred, resized or inverted.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            bytes: None,
+            blur: 0,
+            resize: false,
+            invert: false,
+        }
+    }
+}
+
+/// An encoded image (PNG or JPEG file content) held in memory, shared without copying.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageBytes(pub Arc<[u8]>);
+
+impl std::fmt::Debug for ImageBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageBytes({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for ImageBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes.into())
+    }
 }
 
 impl InitImage {
@@ -115,6 +157,7 @@ impl InitImage {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            bytes: None,
             strength: Self::DEFAULT_STRENGTH,
             resize_mode: ResizeMode::Fill,
             mask: None,
@@ -447,9 +490,8 @@ mod validate_tests {
         init.inpaint_model = true;
         assert!(init.validate().unwrap_err().to_string().contains("--mask"));
         init.mask = Some(InpaintMask {
-            path: "mask.png".into(),
             blur: 1000,
-            resize: false,
+            ..InpaintMask::new("mask.png")
         });
         assert!(
             init.validate()

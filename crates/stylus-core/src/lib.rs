@@ -31,9 +31,9 @@ pub use config::{
 };
 pub use error::{BoxError, MissingAdapter, Result, StylusError};
 pub use generation::{
-    AdapterMergeStats, ExplicitLora, GeneratedImage, Generation, GenerationRequest, InitImage,
-    InpaintMask, MergeReport, ResizeMode, ResolvedAdapter, SAMPLER_NAMES, SampleJob, SamplerKind,
-    SamplingParams, in_range, limits,
+    AdapterMergeStats, ExplicitLora, GeneratedImage, Generation, GenerationRequest, ImageBytes,
+    InitImage, InpaintMask, MergeReport, ResizeMode, ResolvedAdapter, SAMPLER_NAMES, SampleJob,
+    SamplerKind, SamplingParams, in_range, limits,
 };
 pub use ids::{AdapterId, BaseModel};
 pub use pipeline::{SelectOptions, Stylus, StylusBuilder, strip_lora_tags};

@@ -19,12 +19,58 @@
 //! as diffusers' mask processor does; the blurred mask before binarization is kept for pasting
 //! the result over the original (A1111's overlay).
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageReader, Rgb32FImage};
-use stylus_core::{ResizeMode, Result, StylusError, limits};
+use stylus_core::{ImageBytes, ResizeMode, Result, StylusError, limits};
+
+/// Where an input image is read from: a file, or encoded bytes in memory (an upload) that
+/// `name` stands for in messages. Both pass the same checks (signature, pixel limit before
+/// decoding, allocation limit).
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    File(&'a Path),
+    Memory { name: &'a Path, bytes: &'a [u8] },
+}
+
+impl<'a> Input<'a> {
+    /// `bytes` when given (named `path`), else the file `path`.
+    pub fn new(path: &'a Path, bytes: Option<&'a ImageBytes>) -> Self {
+        match bytes {
+            Some(bytes) => Self::Memory {
+                name: path,
+                bytes: &bytes.0,
+            },
+            None => Self::File(path),
+        }
+    }
+
+    /// What messages call the image.
+    pub fn name(&self) -> &'a Path {
+        match self {
+            Self::File(path) => path,
+            Self::Memory { name, .. } => name,
+        }
+    }
+}
+
+impl<'a> From<&'a Path> for Input<'a> {
+    fn from(path: &'a Path) -> Self {
+        Self::File(path)
+    }
+}
+
+impl<'a> From<&'a std::path::PathBuf> for Input<'a> {
+    fn from(path: &'a std::path::PathBuf) -> Self {
+        Self::File(path)
+    }
+}
+
+/// A reader the decoders take, whichever the source.
+trait Source: BufRead + Seek {}
+impl<T: BufRead + Seek> Source for T {}
 
 /// An image as float RGB in [0, 1], row-major, interleaved.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,8 +113,10 @@ pub struct PreparedMask {
 }
 
 /// Reads an image's size from its header (after EXIF rotation), checking the pixel limit.
-pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    let mut decoder = open_decoder(path)?;
+pub fn probe<'a>(input: impl Into<Input<'a>>) -> Result<(u32, u32)> {
+    let input = input.into();
+    let path = input.name();
+    let mut decoder = open_decoder(input)?;
     let (width, height) = decoder.dimensions();
     let orientation = decoder
         .orientation()
@@ -88,12 +136,23 @@ fn swaps_sides(orientation: image::metadata::Orientation) -> bool {
     )
 }
 
-fn open_decoder(path: &Path) -> Result<impl ImageDecoder> {
-    let file = std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+fn open_decoder(input: Input<'_>) -> Result<impl ImageDecoder + '_> {
+    let path = input.name();
+    let source: Box<dyn Source + '_> = match input {
+        Input::File(path) => Box::new(BufReader::new(
+            std::fs::File::open(path).map_err(|e| StylusError::io(path, e))?,
+        )),
+        Input::Memory { bytes, .. } => Box::new(Cursor::new(bytes)),
+    };
+    let mut reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(|e| StylusError::io(path, e))?;
-    if reader.format().is_none() {
+    // Only the formats the crate is built with (PNG, JPEG) decode; a signature of another
+    // format (GIF, WebP, ...) would fail later with a vaguer message.
+    if !matches!(
+        reader.format(),
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg)
+    ) {
         return Err(StylusError::image(
             path,
             "not a PNG or JPEG file (unrecognized signature)",
@@ -121,9 +180,10 @@ fn open_decoder(path: &Path) -> Result<impl ImageDecoder> {
     Ok(decoder)
 }
 
-/// Decodes `path` with its EXIF orientation applied.
-fn decode(path: &Path) -> Result<DynamicImage> {
-    let mut decoder = open_decoder(path)?;
+/// Decodes `input` with its EXIF orientation applied.
+fn decode(input: Input<'_>) -> Result<DynamicImage> {
+    let path = input.name();
+    let mut decoder = open_decoder(input)?;
     let orientation = decoder
         .orientation()
         .map_err(|e| StylusError::image(path, format!("reading the EXIF orientation: {e}")))?;
@@ -134,8 +194,8 @@ fn decode(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Decodes an image as RGB in [0, 1], alpha composited on white.
-pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let image = decode(path)?;
+pub fn load_rgb<'a>(input: impl Into<Input<'a>>) -> Result<RgbImage> {
+    let image = decode(input.into())?;
     let rgba = image.to_rgba32f();
     let (width, height) = rgba.dimensions();
     let pixels = rgba
@@ -153,8 +213,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 }
 
 /// Decodes a mask in [0, 1]: the alpha channel of an image with transparency, else luminance.
-pub fn load_mask(path: &Path) -> Result<GreyImage> {
-    let image = decode(path)?;
+pub fn load_mask<'a>(input: impl Into<Input<'a>>) -> Result<GreyImage> {
+    let image = decode(input.into())?;
     let rgba = image.to_rgba32f();
     let (width, height) = rgba.dimensions();
     let transparent = image.color().has_alpha() && rgba.pixels().any(|p| p.0[3] < 1.0);
@@ -252,22 +312,35 @@ fn fit_channels<const C: usize>(
 }
 
 /// Loads the init image fitted to `width x height`.
-pub fn prepare_image(path: &Path, width: u32, height: u32, mode: ResizeMode) -> Result<RgbImage> {
-    Ok(fit_rgb(&load_rgb(path)?, width, height, mode))
+pub fn prepare_image<'a>(
+    input: impl Into<Input<'a>>,
+    width: u32,
+    height: u32,
+    mode: ResizeMode,
+) -> Result<RgbImage> {
+    Ok(fit_rgb(&load_rgb(input)?, width, height, mode))
 }
 
-/// Loads the mask for an init image of `image_size` (its size before fitting), fits it to
-/// `width x height`, blurs and binarizes it. A mask of another size than the image is an error
-/// unless `resize`.
-pub fn prepare_mask(
-    path: &Path,
+/// Loads the mask for an init image of `image_size` (its size before fitting), inverts it when
+/// `invert` (repaint the black area), fits it to `width x height`, blurs and binarizes it. A
+/// mask of another size than the image is an error unless `resize`.
+pub fn prepare_mask<'a>(
+    input: impl Into<Input<'a>>,
     image_size: (u32, u32),
     (width, height): (u32, u32),
     mode: ResizeMode,
     blur: u32,
     resize: bool,
+    invert: bool,
 ) -> Result<PreparedMask> {
-    let mask = load_mask(path)?;
+    let input = input.into();
+    let path = input.name();
+    let mut mask = load_mask(input)?;
+    if invert {
+        for v in &mut mask.pixels {
+            *v = 1.0 - *v;
+        }
+    }
     if (mask.width, mask.height) != image_size && !resize {
         return Err(StylusError::image(
             path,

@@ -294,9 +294,8 @@ mod tests {
                 .ends_with("Size: 16x8, Denoising strength: 0.6, Clip skip: 2"),
         );
         init.mask = Some(stylus_core::InpaintMask {
-            path: "mask.png".into(),
             blur: 4,
-            resize: false,
+            ..stylus_core::InpaintMask::new("mask.png")
         });
         plain.init_image = Some(init);
         assert!(

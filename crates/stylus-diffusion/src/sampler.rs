@@ -388,21 +388,22 @@ pub fn start_from_image<B: Backend>(
         )));
     }
     let (width, height) = (shape.width * factor, shape.height * factor);
-    let source_size = image_input::probe(&init.path)?;
-    let image =
-        image_input::prepare_image(&init.path, width as u32, height as u32, init.resize_mode)?;
+    let input = image_input::Input::new(&init.path, init.bytes.as_ref());
+    let source_size = image_input::probe(input)?;
+    let image = image_input::prepare_image(input, width as u32, height as u32, init.resize_mode)?;
     let planar = image.to_planar_signed();
     let mask = init
         .mask
         .as_ref()
         .map(|m| {
             image_input::prepare_mask(
-                &m.path,
+                image_input::Input::new(&m.path, m.bytes.as_ref()),
                 source_size,
                 (width as u32, height as u32),
                 init.resize_mode,
                 m.blur,
                 m.resize,
+                m.invert,
             )
         })
         .transpose()?;

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use image::ImageEncoder;
-use stylus_core::{ResizeMode, StylusError};
+use stylus_core::{ImageBytes, ResizeMode, StylusError};
 use stylus_diffusion::image_input::{
-    latent_mask, load_mask, load_rgb, prepare_image, prepare_mask, probe,
+    Input, latent_mask, load_mask, load_rgb, prepare_image, prepare_mask, probe,
 };
 
 fn write_png(
@@ -328,22 +328,64 @@ fn masks_grey_or_alpha_sizes_checked_and_downsampled() {
     assert_eq!(load_mask(&grey).unwrap().pixels, right_half);
     assert_eq!(load_mask(&rgba).unwrap().pixels, right_half);
     for path in [&grey, &rgba] {
-        let mask = prepare_mask(path, (4, 4), (4, 4), ResizeMode::Fill, 0, false).unwrap();
+        let mask = prepare_mask(path, (4, 4), (4, 4), ResizeMode::Fill, 0, false, false).unwrap();
         assert_eq!(mask.binary, right_half);
     }
     // Another size than the image: an error naming the flag, unless resized.
-    let err = prepare_mask(&small, (4, 4), (4, 4), ResizeMode::Fill, 0, false).unwrap_err();
+    let err = prepare_mask(&small, (4, 4), (4, 4), ResizeMode::Fill, 0, false, false).unwrap_err();
     assert!(
         is_image_error(&err) && err.to_string().contains("--resize-mask"),
         "{err}"
     );
-    let resized = prepare_mask(&small, (4, 4), (4, 4), ResizeMode::Fill, 0, true).unwrap();
+    let resized = prepare_mask(&small, (4, 4), (4, 4), ResizeMode::Fill, 0, true, false).unwrap();
     assert_eq!(resized.binary.len(), 16);
     // A blur softens the edge but keeps the binarized halves.
-    let blurred = prepare_mask(&grey, (4, 4), (4, 4), ResizeMode::Fill, 1, false).unwrap();
+    let blurred = prepare_mask(&grey, (4, 4), (4, 4), ResizeMode::Fill, 1, false, false).unwrap();
     assert!(blurred.soft.iter().any(|&v| v > 0.0 && v < 1.0));
     assert_eq!(blurred.binary[0], 0.0);
     assert_eq!(blurred.binary[3], 1.0);
+    // Inverted: the left half is repainted.
+    let inverted = prepare_mask(&grey, (4, 4), (4, 4), ResizeMode::Fill, 0, false, true).unwrap();
+    let left_half: Vec<f32> = right_half.iter().map(|v| 1.0 - v).collect();
+    assert_eq!(inverted.binary, left_half);
     // Latent resolution: every second pixel.
     assert_eq!(latent_mask(&right_half, 4, 4, 2), vec![0.0, 1.0, 0.0, 1.0]);
+}
+
+#[test]
+fn images_in_memory_decode_like_files_and_pass_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("photo.png");
+    let data: Vec<u8> = (0..4 * 2 * 3).map(|v| (v * 10) as u8).collect();
+    rgb8(&path, 4, 2, &data);
+    let name = Path::new("init_images[0]");
+    let bytes = ImageBytes::from(std::fs::read(&path).unwrap());
+    let memory = Input::new(name, Some(&bytes));
+    assert_eq!(probe(memory).unwrap(), (4, 2));
+    assert_eq!(load_rgb(memory).unwrap(), load_rgb(&path).unwrap());
+    assert_eq!(
+        prepare_image(memory, 8, 8, ResizeMode::Fit).unwrap(),
+        prepare_image(&path, 8, 8, ResizeMode::Fit).unwrap()
+    );
+    assert_eq!(load_mask(memory).unwrap(), load_mask(&path).unwrap());
+
+    // Errors name the upload, not a file; a bomb is refused from its header.
+    let text = ImageBytes::from(b"just some text".to_vec());
+    let err = probe(Input::new(name, Some(&text))).unwrap_err();
+    assert!(is_image_error(&err), "{err}");
+    assert!(
+        err.to_string().contains("init_images[0]") && err.to_string().contains("not a PNG or JPEG"),
+        "{err}"
+    );
+    let bomb = ImageBytes::from(bomb(100_000, 100_000));
+    for err in [
+        probe(Input::new(name, Some(&bomb))).unwrap_err(),
+        load_rgb(Input::new(name, Some(&bomb))).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("100000x100000"), "{err}");
+    }
+    let all = std::fs::read(&path).unwrap();
+    let cut = ImageBytes::from(all[..all.len() - 20].to_vec());
+    let err = load_rgb(Input::new(name, Some(&cut))).unwrap_err();
+    assert!(is_image_error(&err), "{err}");
 }

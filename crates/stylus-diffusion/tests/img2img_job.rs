@@ -134,11 +134,7 @@ fn inpainting_checkpoints_are_found_from_shapes_and_need_a_mask() {
     let (photo, mask) = inputs(dir.path());
     let with_mask = |inpaint_model: bool| {
         let mut init = InitImage::new(&photo);
-        init.mask = Some(InpaintMask {
-            path: mask.clone(),
-            blur: 0,
-            resize: false,
-        });
+        init.mask = Some(InpaintMask::new(&mask));
         init.inpaint_model = inpaint_model;
         init
     };

@@ -79,11 +79,7 @@ fn img2img_and_inpainting_match_diffusers_pipelines() {
         let mut init = InitImage::new(dir.join("init.png"));
         init.strength = strength;
         if case["mode"] == "inpaint" {
-            init.mask = Some(InpaintMask {
-                path: dir.join("mask.png"),
-                blur: 0,
-                resize: false,
-            });
+            init.mask = Some(InpaintMask::new(dir.join("mask.png")));
         }
         let mut scheduler = scheduler_by_name(
             case["scheduler"].as_str().unwrap(),
