@@ -470,6 +470,8 @@ async fn a_full_queue_answers_429_and_interrupt_stops_the_running_render() {
     .await;
     let long = spawn_long_render(&server);
     wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
+    let progress: Value = server.get("/sdapi/v1/progress").await.json().await.unwrap();
+    assert_eq!(progress["state"]["job"], "txt2img");
     // One waiting request fills the queue.
     let waiting = {
         let client = server.client.clone();
@@ -521,6 +523,21 @@ async fn a_full_queue_answers_429_and_interrupt_stops_the_running_render() {
         metrics.contains("stylus_renders_cancelled_total{reason=\"interrupted\"} 1"),
         "{metrics}"
     );
+
+    // A running img2img job is reported as one.
+    let mut img2img = img2img_request(&png_bytes(16, 16, false, &init_pixels()));
+    img2img["steps"] = json!(1000);
+    img2img["denoising_strength"] = json!(1.0);
+    let long = {
+        let client = server.client.clone();
+        let url = server.url("/sdapi/v1/img2img");
+        tokio::spawn(async move { client.post(url).json(&img2img).send().await.unwrap() })
+    };
+    wait_for_progress(&server, |p| p["state"]["sampling_step"].as_u64() > Some(0)).await;
+    let progress: Value = server.get("/sdapi/v1/progress").await.json().await.unwrap();
+    assert_eq!(progress["state"]["job"], "img2img");
+    server.post("/sdapi/v1/interrupt", &json!({})).await;
+    assert_eq!(long.await.unwrap().status(), StatusCode::CONFLICT);
     server.stop().await;
 }
 

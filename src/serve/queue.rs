@@ -98,7 +98,8 @@ pub struct RenderStatus {
     step: AtomicUsize,
     steps: AtomicUsize,
     job_no: AtomicU64,
-    started: Mutex<Option<(Instant, String)>>,
+    /// When the running job started, its A1111 timestamp and its A1111 job name.
+    started: Mutex<Option<(Instant, String, &'static str)>>,
 }
 
 impl RenderStatus {
@@ -133,16 +134,15 @@ impl RenderStatus {
             .clone()
     }
 
-    /// `(step, steps, seconds running, job timestamp)` of the running job, if any.
-    pub fn running(&self) -> Option<(usize, usize, f64, String)> {
+    /// The running job, if any.
+    pub fn running(&self) -> Option<RunningJob> {
         let started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-        started.as_ref().map(|(at, stamp)| {
-            (
-                self.step.load(Ordering::Relaxed),
-                self.steps.load(Ordering::Relaxed),
-                at.elapsed().as_secs_f64(),
-                stamp.clone(),
-            )
+        started.as_ref().map(|(at, stamp, kind)| RunningJob {
+            step: self.step.load(Ordering::Relaxed),
+            steps: self.steps.load(Ordering::Relaxed),
+            seconds: at.elapsed().as_secs_f64(),
+            timestamp: stamp.clone(),
+            kind,
         })
     }
 
@@ -150,6 +150,19 @@ impl RenderStatus {
     pub fn jobs_started(&self) -> u64 {
         self.job_no.load(Ordering::Relaxed)
     }
+}
+
+/// The running job as `/sdapi/v1/progress` reports it.
+#[derive(Debug, Clone)]
+pub struct RunningJob {
+    pub step: usize,
+    pub steps: usize,
+    /// Seconds since it started.
+    pub seconds: f64,
+    /// A1111's `job_timestamp`.
+    pub timestamp: String,
+    /// A1111's job name: `txt2img` or `img2img`.
+    pub kind: &'static str,
 }
 
 /// What the worker hands back.
@@ -360,7 +373,15 @@ impl Worker {
                 .status
                 .started
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), job_timestamp(job_no)));
+                .unwrap_or_else(|e| e.into_inner()) = Some((
+                Instant::now(),
+                job_timestamp(job_no),
+                if job.request.init_image.is_some() {
+                    "img2img"
+                } else {
+                    "txt2img"
+                },
+            ));
             let started = Instant::now();
             let outcome = state.stylus.generate(&job.request).await;
             let render_seconds = started.elapsed().as_secs_f64();

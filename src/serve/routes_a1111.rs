@@ -31,7 +31,7 @@ use stylus_diffusion::schedulers::a1111_sampler_name;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::loras::parse_tags;
-use super::queue::{CancelReason, JobError};
+use super::queue::{CancelReason, JobError, RunningJob};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -632,8 +632,14 @@ async fn samplers() -> Json<Value> {
 async fn progress(State(state): State<AppState>) -> Json<Value> {
     let status = state.queue.status();
     let waiting = state.queue.waiting();
-    let (progress, eta, step, steps, stamp, running) = match status.running() {
-        Some((step, steps, elapsed, stamp)) => {
+    let (progress, eta, step, steps, stamp, job) = match status.running() {
+        Some(RunningJob {
+            step,
+            steps,
+            seconds: elapsed,
+            timestamp,
+            kind,
+        }) => {
             let fraction = if steps == 0 {
                 0.0
             } else {
@@ -644,11 +650,11 @@ async fn progress(State(state): State<AppState>) -> Json<Value> {
             } else {
                 0.0
             };
-            (fraction, eta, step, steps, stamp, true)
+            (fraction, eta, step, steps, timestamp, kind)
         }
-        None => (0.0, 0.0, 0, 0, String::new(), false),
+        None => (0.0, 0.0, 0, 0, String::new(), ""),
     };
-    let job = if running { "txt2img" } else { "" };
+    let running = !job.is_empty();
     Json(json!({
         "progress": progress,
         "eta_relative": eta,
