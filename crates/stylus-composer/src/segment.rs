@@ -347,6 +347,19 @@ fn roles(tokens: &[Token]) -> Vec<Role> {
                 Role::Content
             };
         }
+        // A past form we do not know after its noun, with no noun after it, is a verb: "the
+        // horse raced past", "a road ruined by", "a stop sign knocked over". Before a noun it is
+        // a modifier ("a large striped cat").
+        if role == Role::Content
+            && !matches!(prev, None | Some(Role::Determiner | Role::Preposition))
+            && !token.break_before
+            && is_past_form(w)
+            && tokens
+                .get(i + 1)
+                .is_none_or(|n| n.break_before || base_role(&n.lower) != Role::Content)
+        {
+            role = Role::Verb;
+        }
         // A number inside a name or model ("F1", "1997 Corvette") stays content; a count does not.
         if role == Role::Content && w.chars().all(|c| c.is_ascii_digit()) && next_content {
             role = Role::Determiner;
@@ -376,7 +389,7 @@ fn base_role(w: &str) -> Role {
         Role::Determiner
     } else if PREPOSITIONS.contains(&w) {
         Role::Preposition
-    } else if FUNCTION_WORDS.contains(&w) || FINITE_VERBS.contains(&w) {
+    } else if FUNCTION_WORDS.contains(&w) || FINITE_VERBS.contains(&w) || w.ends_with("n't") {
         Role::Function
     } else if ADVERBS.contains(&w) || (w.len() > 5 && w.ends_with("ly") && !LY_NOUNS.contains(&w)) {
         Role::Skip
@@ -392,6 +405,16 @@ fn is_verb_form(w: &str) -> bool {
         return stem.len() >= 2 && !ING_NOUNS.contains(&w);
     }
     verb_lemma(w).is_some_and(|lemma| VERBS.contains(&lemma.as_str()))
+}
+
+/// An `-ed` word that looks like a past form: five letters or more, not `-eed` ("steed",
+/// "tweed") nor a compound of "bed" ("seabed", "flowerbed").
+fn is_past_form(w: &str) -> bool {
+    w.len() >= 5
+        && w.ends_with("ed")
+        && !w.ends_with("eed")
+        && (!w.ends_with("bed") || w.ends_with("bbed"))
+        && w.chars().all(|c| c.is_ascii_lowercase())
 }
 
 /// True for `-ing` forms of verbs that name a pose or an activity ("jumping", "sitting").
@@ -1290,6 +1313,28 @@ mod tests {
         assert_eq!(texts("two violins standing up"), ["violins", "standing up"]);
         assert_eq!(texts("the cat sits on the mat"), ["cat", "mat"]);
         assert_eq!(texts("a cat jumping"), ["cat", "jumping"]);
+    }
+
+    #[test]
+    fn a_past_form_after_its_noun_ends_the_phrase_and_before_a_noun_modifies_it() {
+        // Past forms we do not list as verbs, followed by no noun: verbs, not part of the thing.
+        assert_eq!(
+            texts("a road ruined by an earthquake"),
+            ["road", "earthquake"]
+        );
+        assert_eq!(texts("a stop sign knocked over"), ["stop sign"]);
+        assert_eq!(texts("a snake curled around a post"), ["snake", "post"]);
+        // Before a noun, or at the start of a phrase, they describe it.
+        assert_eq!(texts("a large striped cat"), ["large striped cat"]);
+        assert_eq!(texts("a wrecked car"), ["wrecked car"]);
+        // Nouns in -eed and -bed are not past forms.
+        assert_eq!(texts("a white steed"), ["white steed"]);
+        assert_eq!(texts("a coral seabed"), ["coral seabed"]);
+        // A negated auxiliary is a function word: "wasn't" is no part of a topic.
+        assert_eq!(
+            texts("the sculpture fell because it wasn't level"),
+            ["sculpture", "level"]
+        );
     }
 
     #[test]
