@@ -51,10 +51,17 @@ struct Token {
 
 /// True for a Civitai-style tag list ("1girl, solo, long hair, smile, outdoors"): at least five
 /// comma-separated parts, at least 80% of them three words or shorter; or a short one ("tina,
-/// beautiful, face"): at least three parts, all that short. 89% of the Civitai sample prompts
-/// are tag lists by this rule and none of the 1,632 PartiPrompts captions (whose lists of
-/// things have longer parts: "a blue hat, red gloves, green shirt, and yellow pants").
+/// beautiful, face"): at least three parts, all that short; or a piece of one, which begins or
+/// ends with a comma (", zerg", "FrostNova,"). 92% of the Civitai sample prompts are tag lists
+/// by this rule and none of the 1,632 PartiPrompts captions (whose lists of things have longer
+/// parts: "a blue hat, red gloves, green shirt, and yellow pants").
 pub fn is_tag_list(prompt: &str) -> bool {
+    let trimmed = prompt.trim();
+    if trimmed.chars().any(char::is_alphanumeric)
+        && (trimmed.starts_with(',') || trimmed.ends_with(','))
+    {
+        return true;
+    }
     let parts: Vec<usize> = prompt
         .split(',')
         .map(|part| part.split_whitespace().count())
@@ -1391,6 +1398,10 @@ mod tests {
         assert!(!is_tag_list(",,,,,"));
         // Three short parts are a tag list too; a caption's list of things is not.
         assert!(is_tag_list("tina, beautiful, face"));
+        // A piece of a tag list begins or ends with a comma.
+        assert!(is_tag_list(", zerg"));
+        assert!(is_tag_list("FrostNova,"));
+        assert!(!is_tag_list(","));
         assert!(!is_tag_list("tina, beautiful"));
         assert!(!is_tag_list(
             "a baby penguin wearing a blue hat, red gloves, green shirt, and yellow pants"
