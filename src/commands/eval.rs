@@ -53,6 +53,10 @@ pub struct RetrievalArgs {
     /// Skip the MiniLM configurations even when the model is available.
     #[arg(long)]
     pub no_bert: bool,
+    /// Write one JSON line per query: whether it is a tag list, where its card lands in plain
+    /// BM25 and in the pipeline, and the first titles of each.
+    #[arg(long, value_name = "FILE")]
+    pub details: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -21,7 +21,7 @@ pub mod segmentation_eval;
 pub use local::{DEFAULT_MIN_SCORE, Fit, LocalComposer};
 pub use masker::{MAX_ENUMERATED_MASKS, StrategyMasker};
 pub use relevance::Evidence;
-pub use segment::{Segment, SegmentKind, segment};
+pub use segment::{Segment, SegmentKind, is_tag_list, segment};
 pub use segmentation_eval::{
     Prf, ReferenceRow, ReferenceTopic, SegmentationReport, evaluate_segmentation, read_parti_csv,
 };

@@ -103,26 +103,18 @@ const RERANK_PERSON_PENALTY: f32 = 0.3;
 const RERANK_TRIGGER_WEIGHT: f32 = 1.0;
 
 /// True when the prompt (its lower-cased words) says one of the candidate's made-up trigger
-/// tokens: one word with digits, an inner capital or an underscore ("Cu73Cre4ture",
-/// "SteamPunkAI", "robot_maid").
+/// tokens ([`people::is_made_up_token`]: digits or a capital after the first letter,
+/// "Cu73Cre4ture", "SteamPunkAI", "HibanaFF") or `_`-joined ones ("robot_maid").
 fn says_a_trigger(prompt_words: &[String], doc: &AdapterDoc) -> bool {
-    let made_up = |token: &str| {
-        let has_letter = token.chars().any(char::is_alphabetic);
-        let inner_capital = token
-            .chars()
-            .zip(token.chars().skip(1))
-            .any(|(a, b)| a.is_lowercase() && b.is_uppercase());
-        token.chars().count() >= 3
-            && has_letter
-            && (token.chars().any(|c| c.is_ascii_digit()) || inner_capital || token.contains('_'))
-            && !token.starts_with(|c: char| c.is_ascii_digit())
-    };
     doc.card
         .trigger_words
         .iter()
         .flat_map(|raw| raw.split([',', ' ']))
         .map(str::trim)
-        .filter(|token| made_up(token))
+        .filter(|token| {
+            people::is_made_up_token(token)
+                || (token.contains('_') && token.starts_with(char::is_alphabetic))
+        })
         .map(people::lower_words)
         .any(|trigger| {
             !trigger.is_empty() && prompt_words.windows(trigger.len()).any(|w| w == trigger)
@@ -514,8 +506,13 @@ impl Composer for LocalComposer {
             .enumerate()
             .map(|(rank, candidate)| {
                 let doc = &candidate.doc;
-                let mut score = RERANK_K / (RERANK_K + rank as f32)
-                    + name_weight * CandidateTerms::new(doc).name_coverage(&prompt_stems);
+                let terms = CandidateTerms::new(doc);
+                let said = if terms.name_said_run_together(&prompt_words) {
+                    1.0
+                } else {
+                    terms.name_coverage(&prompt_stems)
+                };
+                let mut score = RERANK_K / (RERANK_K + rank as f32) + name_weight * said;
                 if self.config.block_characters
                     && people::is_person(doc)
                     && !people::asks_for(&prompt_words, doc)
@@ -853,6 +850,10 @@ const LINKING_WORDS: &[&str] = &[
     "are", "is", "was", "were", "for", "with", "of", "to", "from", "at", "under", "over",
 ];
 
+/// The least length of a name said with its words run together
+/// ([`CandidateTerms::name_said_run_together`]).
+const RUN_TOGETHER_MIN: usize = 6;
+
 /// Words never matched (they would match half of the catalog).
 const TOPIC_STOPWORDS: &[&str] = &["lora", "the", "a", "an", "of", "and", "with", "in", "on"];
 
@@ -931,6 +932,31 @@ impl CandidateTerms {
             .filter(|w| prompt_stems.contains(&stem(w)))
             .count();
         found as f32 / self.name.len() as f32
+    }
+
+    /// True when the prompt (its lower-cased words) says the whole name with its words run
+    /// together or apart differently: "FairyTaleAI" (name "fairy taleai"), "modernlogo" for
+    /// "Modern Logo", "soul card" for "soulcard". Made-up trigger tokens and names are spelled
+    /// this way in prompts; a run of at least [`RUN_TOGETHER_MIN`] letters rarely matches by
+    /// accident. (The name's own spelling counts too: its coverage is then whole anyway.)
+    fn name_said_run_together(&self, prompt_words: &[String]) -> bool {
+        let compact: String = self.name.concat();
+        if compact.chars().count() < RUN_TOGETHER_MIN {
+            return false;
+        }
+        (0..prompt_words.len()).any(|start| {
+            if !compact.starts_with(prompt_words[start].as_str()) {
+                return false;
+            }
+            let mut run = String::new();
+            for word in &prompt_words[start..] {
+                run.push_str(word);
+                if run.len() >= compact.len() {
+                    return run == compact;
+                }
+            }
+            false
+        })
     }
 
     /// True when `word` of a topic with `topic_words` is matched.
@@ -1506,5 +1532,36 @@ mod tests {
         let tags = "1girl, solo, cat, coffee machine, masterpiece, best quality";
         assert_eq!(ids(composer.rerank(tags, candidates)), vec![2, 1, 3]);
         assert!(composer.topic_queries(tags).is_empty());
+    }
+
+    #[test]
+    fn rerank_counts_a_name_said_with_its_words_run_together() {
+        let candidates = vec![
+            candidate(1, "Industrial Machines", &["machine"], Category::Object),
+            candidate(2, "FairyTaleAI", &["fairy tale"], Category::Style),
+            candidate(3, "Modern Logo", &["logo"], Category::Style),
+            candidate(4, "Cat", &["cat"], Category::Animal),
+        ];
+        let composer = LocalComposer::new(rules());
+        // "FairyTaleAI" is the whole name "Fairy TaleAI" run together.
+        assert_eq!(
+            ids(composer.rerank("FairyTaleAI coffee machine", candidates.clone()))[0],
+            2
+        );
+        assert_eq!(
+            ids(composer.rerank("modernlogo blue text", candidates.clone()))[0],
+            3
+        );
+        // Half a name run together with another word is not the name.
+        assert_eq!(
+            ids(composer.rerank("modernart machine", candidates.clone()))[0],
+            1
+        );
+        // Short runs are left alone ("cat" + "s" is no spelling of a name).
+        let short = vec![
+            candidate(5, "Dog", &["dog"], Category::Animal),
+            candidate(6, "Ca T", &[], Category::Concept),
+        ];
+        assert_eq!(ids(composer.rerank("a cat with a dog", short)), vec![5, 6]);
     }
 }

@@ -47,14 +47,18 @@ pub fn asks_for(prompt_words: &[String], doc: &AdapterDoc) -> bool {
 }
 
 /// A trigger made up for one adapter: a single token that starts with a letter and has digits
-/// ("hmn1", "nahida3"). No common word looks like that, so a prompt that says it asks for that
-/// adapter. Counts and sizes ("1girl", "2boys", "4k") start with their digits and are not.
-fn is_made_up_token(trigger: &str) -> bool {
+/// ("hmn1", "nahida3") or a capital after its first letter beside lower-case ones ("HibanaFF",
+/// "AmeriA", "SteamPunkAI"). No common word looks like that, so a prompt that says it asks for
+/// that adapter. Counts and sizes ("1girl", "2boys", "4k") start with their digits and are not;
+/// acronyms ("NASA") have no lower-case letter.
+pub(crate) fn is_made_up_token(trigger: &str) -> bool {
     let token = trigger.trim();
+    let inner_capital =
+        token.chars().skip(1).any(char::is_uppercase) && token.chars().any(char::is_lowercase);
     token.chars().next().is_some_and(char::is_alphabetic)
         && token.chars().count() >= 3
         && token.chars().all(char::is_alphanumeric)
-        && token.chars().any(|c| c.is_ascii_digit())
+        && (token.chars().any(|c| c.is_ascii_digit()) || inner_capital)
 }
 
 /// The words of a person's name in an adapter title: [`title_name`] without the words that
@@ -264,6 +268,24 @@ mod tests {
         assert!(!asks_for(&words("1girl, long hair, smiling"), &aria));
         assert_eq!(person_name("90s Keanu Reeves"), ["keanu", "reeves"]);
         assert!(person_name("Old Man").is_empty());
+    }
+
+    #[test]
+    fn a_token_with_a_capital_inside_is_made_up_and_names_its_person() {
+        let hibana = person("Hibana - Fire Force", &["HibanaFF", "military outfit"]);
+        let words = |p: &str| lower_words(p);
+        assert!(asks_for(
+            &words("HibanaFF, military outfit, full body"),
+            &hibana
+        ));
+        assert!(!asks_for(&words("a woman in a military outfit"), &hibana));
+        for token in ["HibanaFF", "AmeriA", "SteamPunkAI", "hmn1"] {
+            assert!(is_made_up_token(token), "{token}");
+        }
+        // Acronyms, plain and capitalised words, counts and phrases are not.
+        for token in ["NASA", "Paris", "robot", "1girl", "4k", "Ab", "silver hair"] {
+            assert!(!is_made_up_token(token), "{token}");
+        }
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! embedding text ("title + description + tags") and on ours; and the hybrids (dense + BM25, RRF).
 //! With MiniLM it also measures the HNSW index on the real catalog against the exact scan.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use stylus_composer::{LocalComposer, StrategyMasker};
+use stylus_composer::{LocalComposer, StrategyMasker, is_tag_list};
 use stylus_core::{
     AdapterCard, AdapterDoc, Candidate, MaskStrategy, Query, RetrievalFilter, SearchIndex, Stylus,
     StylusConfig, StylusError, strip_lora_tags,
@@ -165,6 +167,9 @@ pub fn run(args: &RetrievalArgs, config: &StylusConfig) -> Result<(), StylusErro
                 .map(|q| runtime.block_on(pipeline.retrieve(q)))
                 .collect::<Result<Vec<_>, _>>()?;
             configs.push(score("pipeline: bm25 + topics + rerank", &cases, &rankings));
+            if let Some(path) = &args.details {
+                write_details(path, &cases, &bm25_rankings, &rankings)?;
+            }
         }
     }
 
@@ -302,6 +307,46 @@ fn rank_bm25(
                 .collect())
         })
         .collect()
+}
+
+/// How many titles of each ranking a `--details` line lists.
+const DETAIL_TITLES: usize = 5;
+
+/// One JSON line per query: `{"query", "tag_list", "bm25_rank", "pipeline_rank", "bm25_top",
+/// "pipeline_top"}` (ranks 0-based within K, null when the card is not there).
+fn write_details(
+    path: &Path,
+    cases: &[EvalCase],
+    bm25: &[Vec<Candidate>],
+    pipeline: &[Vec<Candidate>],
+) -> Result<(), StylusError> {
+    let io = |e| StylusError::io(path, e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let rank = |ranking: &[Candidate], case: &EvalCase| {
+        ranking
+            .iter()
+            .take(K)
+            .position(|c| *c.doc.id() == case.target)
+    };
+    let titles = |ranking: &[Candidate]| {
+        ranking
+            .iter()
+            .take(DETAIL_TITLES)
+            .map(|c| c.doc.card.title.clone())
+            .collect::<Vec<_>>()
+    };
+    for ((case, b), p) in cases.iter().zip(bm25).zip(pipeline) {
+        let line = serde_json::json!({
+            "query": case.query,
+            "tag_list": is_tag_list(&case.query),
+            "bm25_rank": rank(b, case),
+            "pipeline_rank": rank(p, case),
+            "bm25_top": titles(b),
+            "pipeline_top": titles(p),
+        });
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    out.flush().map_err(io)
 }
 
 /// Metrics of the top K of each ranking.
