@@ -170,6 +170,20 @@ async fn wait_for_progress(server: &TestServer, condition: impl Fn(&Value) -> bo
     }
 }
 
+/// The images of a render request that must succeed (a request future that owns its client).
+async fn rendered_images(client: reqwest::Client, url: String, request: Value) -> Vec<String> {
+    let body: Value = client
+        .post(url)
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    images(&body)
+}
+
 fn images(body: &Value) -> Vec<String> {
     body["images"]
         .as_array()
@@ -437,18 +451,7 @@ async fn concurrent_clients_get_the_images_of_a_sequential_run() {
             .map(|request| {
                 let client = server.client.clone();
                 let url = server.url("/sdapi/v1/txt2img");
-                tokio::spawn(async move {
-                    let body: Value = client
-                        .post(url)
-                        .json(&request)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    images(&body)
-                })
+                tokio::spawn(rendered_images(client, url, request))
             })
             .collect();
         for (task, expected) in tasks.into_iter().zip(&sequential) {
@@ -1254,18 +1257,7 @@ async fn posted_options_set_the_default_clip_skip_and_refuse_another_model() {
         }
         let client = server.client.clone();
         let url = server.url("/sdapi/v1/txt2img");
-        async move {
-            let body: Value = client
-                .post(url)
-                .json(&request)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            images(&body)
-        }
+        rendered_images(client, url, request)
     };
     let skip1 = render(Some(1)).await;
     let skip2 = render(Some(2)).await;

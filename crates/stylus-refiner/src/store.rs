@@ -1715,17 +1715,24 @@ mod tests {
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     }
 
+    /// A store of 4 documents whose 50-dim vectors are zero but at `(row, dimension, value)`.
+    fn sparse_store(non_zeros: &[(usize, usize, f32)]) -> NewStore {
+        let dim = 50;
+        let mut store = new_store(4);
+        store.dim = dim;
+        store.vectors = vec![0.0; 4 * dim];
+        for &(row, d, v) in non_zeros {
+            store.vectors[row * dim + d] = v;
+        }
+        store
+    }
+
     #[test]
     fn mostly_zero_vectors_are_stored_sparse_and_read_back_exactly() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("sparse");
         let dim = 50;
-        let mut store = new_store(4);
-        store.dim = dim;
-        store.vectors = vec![0.0; 4 * dim];
-        for (row, d, v) in [(0, 3, 0.5), (0, 49, -1.0), (2, 0, 2.0), (3, 7, 0.25)] {
-            store.vectors[row * dim + d] = v;
-        }
+        let store = sparse_store(&[(0, 3, 0.5), (0, 49, -1.0), (2, 0, 2.0), (3, 7, 0.25)]);
         let dense = store.vectors.clone();
         let written = StylusDocs::write(&dir, store).unwrap();
         assert!(dir.join(SPARSE_VECTORS_FILE).is_file());
@@ -1758,12 +1765,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("sparse");
         let dim = 50;
-        let mut store = new_store(4);
-        store.dim = dim;
-        store.vectors = vec![0.0; 4 * dim];
-        for (row, d, v) in [(0, 3, 0.5), (0, 49, -1.0), (2, 3, 2.0), (3, 7, 0.25)] {
-            store.vectors[row * dim + d] = v;
-        }
+        let store = sparse_store(&[(0, 3, 0.5), (0, 49, -1.0), (2, 3, 2.0), (3, 7, 0.25)]);
         StylusDocs::write(&dir, store).unwrap();
         let (_, loader) = StylusDocs::open_light(&dir, &[]).unwrap().into_parts();
         let postings = loader.postings().unwrap();

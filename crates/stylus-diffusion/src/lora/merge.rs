@@ -128,15 +128,7 @@ pub fn merge_selected<B: Backend>(
         }
         let finite = all_finite(weight.clone()) && bias.clone().is_none_or(all_finite);
         if !finite {
-            let (scaled, module) = modules[0];
-            return Err(StylusError::tensor(
-                &scaled.adapter.path,
-                &module.name,
-                format!(
-                    "merging into `{}` gives non-finite weights; nothing was applied",
-                    target.id
-                ),
-            ));
+            return Err(non_finite_merge(&modules, target));
         }
         let bias_changed = original_bias
             && modules.iter().any(|(_, m)| {
@@ -155,6 +147,23 @@ pub fn merge_selected<B: Backend>(
         });
     }
     Ok(merged)
+}
+
+/// The error of a merge into `target` whose result is not finite, naming the first of the
+/// `modules` merged into it.
+pub fn non_finite_merge(
+    modules: &[(&ScaledAdapter<'_>, &AdapterModule)],
+    target: &TargetModule,
+) -> StylusError {
+    let (scaled, module) = modules[0];
+    StylusError::tensor(
+        &scaled.adapter.path,
+        &module.name,
+        format!(
+            "merging into `{}` gives non-finite weights; nothing was applied",
+            target.id
+        ),
+    )
 }
 
 /// Whether every value of `tensor` is finite.

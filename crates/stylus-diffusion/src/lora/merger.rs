@@ -29,7 +29,9 @@ use stylus_core::{AdapterMergeStats, MergeReport, Merger, ResolvedAdapter, Resul
 
 use super::adapter::{AdapterModule, LoraAdapter};
 use super::delta::{fused_lora_delta, is_plain_lora};
-use super::merge::{BaseTensors, ScaledAdapter, all_finite, merge_selected, modules_by_target};
+use super::merge::{
+    BaseTensors, ScaledAdapter, all_finite, merge_selected, modules_by_target, non_finite_merge,
+};
 use super::parse::{ParseOptions, load_adapter};
 use super::targets::{Network, TargetTable};
 use crate::models::clip::ClipTextModel;
@@ -346,15 +348,7 @@ impl<B: Backend> LoraMerger<B> {
             // explicit check.
             let provably_finite = base_max + bound < f32::MAX / 2.0;
             if !provably_finite && !all_finite(merged.clone()) {
-                let (scaled, module) = modules[0];
-                return Err(StylusError::tensor(
-                    &scaled.adapter.path,
-                    &module.name,
-                    format!(
-                        "merging into `{}` gives non-finite weights; nothing was applied",
-                        target.id
-                    ),
-                ));
+                return Err(non_finite_merge(modules, target));
             }
             replacements.insert(
                 target.id.clone(),
