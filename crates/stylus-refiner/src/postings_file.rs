@@ -103,6 +103,13 @@ impl PostingsFile {
         docs: usize,
     ) -> Result<Self> {
         let bad = |message: String| StylusError::store(path, message);
+        // The header takes 12 bytes per dimension: a dimension count the file cannot hold is
+        // refused before any size is computed from it (the count comes from the manifest).
+        if dim as u64 > len / 12 {
+            return Err(bad(format!(
+                "{len} bytes: shorter than the header of {dim} dimensions"
+            )));
+        }
         let header = header_len(dim);
         if len < header as u64 {
             return Err(bad(format!(
@@ -324,12 +331,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rows = csr();
         let bytes = encode(5, &rows.0, &rows.1, &rows.2);
-        let cases: [(&[u8], usize, usize, &str); 5] = [
+        let cases: [(&[u8], usize, usize, &str); 6] = [
             (&bytes[..bytes.len() - 8], 5, 7, "entries need"),
             (&bytes[..40], 5, 7, "shorter than the header"),
             (&bytes, 5, 8, "the manifest says 8"),
             (&bytes, 6, 7, "CRC-32"),
             (b"", 5, 7, "shorter than the header"),
+            (&bytes, usize::MAX / 2, 7, "shorter than the header"),
         ];
         for (content, dim, docs, expected) in cases {
             let path = write(dir.path(), content);
