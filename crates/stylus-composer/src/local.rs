@@ -102,23 +102,73 @@ const RERANK_PERSON_PENALTY: f32 = 0.3;
 /// nothing the name and the retrieval did not.
 const RERANK_TRIGGER_WEIGHT: f32 = 1.0;
 
+/// The least length of a one-word trigger that counts as made up because no other candidate
+/// uses it ([`says_a_trigger`]): "sks", "zwx" and "qxj" are such triggers (3 did better than 5
+/// on both development sets, docs/benchmarks.md, Selection).
+const DISTINCT_TRIGGER_MIN: usize = 3;
+
+/// The most words of a trigger entry whose words can count as made up by [`says_a_trigger`]'s
+/// rule for words no other candidate uses ("sks woman", "rotungwoka person").
+const DISTINCT_TRIGGER_MAX_WORDS: usize = 3;
+
 /// True when the prompt (its lower-cased words) says one of the candidate's made-up trigger
-/// tokens ([`people::is_made_up_token`]: digits or a capital after the first letter,
-/// "Cu73Cre4ture", "SteamPunkAI", "HibanaFF") or `_`-joined ones ("robot_maid").
-fn says_a_trigger(prompt_words: &[String], doc: &AdapterDoc) -> bool {
-    doc.card
-        .trigger_words
-        .iter()
-        .flat_map(|raw| raw.split([',', ' ']))
+/// words: a token with digits or a capital after the first letter ([`people::is_made_up_token`]:
+/// "Cu73Cre4ture", "SteamPunkAI", "HibanaFF"), `_`-joined words ("robot_maid"), or a word of at
+/// least [`DISTINCT_TRIGGER_MIN`] characters in a short trigger entry that no other candidate
+/// has in its title, tags or trigger words (`used_by_one`: "romapunkai", "debannwoll",
+/// "1nf3rnalAI"; a plain word such as "watercolor" is used by many candidates of a prompt that
+/// says it).
+fn says_a_trigger(
+    prompt_words: &[String],
+    doc: &AdapterDoc,
+    used_by_one: &dyn Fn(&str) -> bool,
+) -> bool {
+    let entries = doc.card.trigger_words.iter().flat_map(|raw| raw.split(','));
+    // A word of a short entry ("romapunkai", "sks woman") can be a made-up token without
+    // looking like one; a word of a longer one ("asian woman with wavy long hair") is a plain
+    // word.
+    let distinct = entries
+        .clone()
+        .filter(|entry| entry.split_whitespace().count() <= DISTINCT_TRIGGER_MAX_WORDS)
+        .flat_map(str::split_whitespace)
+        .filter(|token| {
+            token.chars().count() >= DISTINCT_TRIGGER_MIN
+                && token.chars().all(char::is_alphanumeric)
+                && token.chars().any(char::is_alphabetic)
+                && used_by_one(&token.to_lowercase())
+        });
+    entries
+        .flat_map(|entry| entry.split(' '))
         .map(str::trim)
         .filter(|token| {
             people::is_made_up_token(token)
                 || (token.contains('_') && token.starts_with(char::is_alphabetic))
         })
+        .chain(distinct)
         .map(people::lower_words)
         .any(|trigger| {
             !trigger.is_empty() && prompt_words.windows(trigger.len()).any(|w| w == trigger)
         })
+}
+
+/// For each word of `prompt_words`, how many of the candidates have it among the words of their
+/// title, tags and trigger words.
+fn candidates_using(prompt_words: &[String], candidates: &[Candidate]) -> HashMap<String, usize> {
+    let wanted: HashSet<&str> = prompt_words.iter().map(String::as_str).collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for candidate in candidates {
+        let card = &candidate.doc.card;
+        let used: HashSet<String> = std::iter::once(&card.title)
+            .chain(&card.tags)
+            .chain(&card.trigger_words)
+            .flat_map(|text| people::lower_words(text))
+            .filter(|w| wanted.contains(w.as_str()))
+            .collect();
+        for word in used {
+            *counts.entry(word).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// The offline composer (see the module docs for its rules).
@@ -501,6 +551,8 @@ impl Composer for LocalComposer {
         let name_weight = RERANK_NAME_WEIGHT * natural;
         let person_penalty = RERANK_PERSON_PENALTY * natural;
         let trigger_weight = RERANK_TRIGGER_WEIGHT * natural;
+        let using = candidates_using(&prompt_words, &candidates);
+        let used_by_one = |word: &str| using.get(word) == Some(&1);
         let mut scored: Vec<(f32, Candidate)> = candidates
             .into_iter()
             .enumerate()
@@ -513,13 +565,14 @@ impl Composer for LocalComposer {
                     terms.name_coverage(&prompt_stems)
                 };
                 let mut score = RERANK_K / (RERANK_K + rank as f32) + name_weight * said;
-                if self.config.block_characters
+                // Saying a person's own trigger ("D14bl0", "debannwoll") asks for them.
+                if says_a_trigger(&prompt_words, doc, &used_by_one) {
+                    score += trigger_weight;
+                } else if self.config.block_characters
                     && people::is_person(doc)
                     && !people::asks_for(&prompt_words, doc)
                 {
                     score -= person_penalty;
-                } else if says_a_trigger(&prompt_words, doc) {
-                    score += trigger_weight;
                 }
                 (score, candidate)
             })
@@ -1532,6 +1585,49 @@ mod tests {
         let tags = "1girl, solo, cat, coffee machine, masterpiece, best quality";
         assert_eq!(ids(composer.rerank(tags, candidates)), vec![2, 1, 3]);
         assert!(composer.topic_queries(tags).is_empty());
+    }
+
+    #[test]
+    fn rerank_lifts_a_one_word_trigger_no_other_candidate_uses() {
+        let with_triggers = |mut c: Candidate, triggers: &[&str]| {
+            Arc::make_mut(&mut c.doc).card.trigger_words =
+                triggers.iter().map(|t| t.to_string()).collect();
+            c
+        };
+        let candidates = vec![
+            candidate(1, "Industrial Machines", &["machine"], Category::Object),
+            with_triggers(
+                candidate(2, "GrecoRomaPunk", &["style"], Category::Style),
+                &["grecopunkai", "romapunkai"],
+            ),
+            with_triggers(
+                candidate(3, "Soft Paint", &["style"], Category::Style),
+                &["watercolor"],
+            ),
+            candidate(4, "Wet Look", &["watercolor"], Category::Style),
+            with_triggers(
+                candidate(5, "Deborah Ann Woll", &["woman"], Category::Celebrity),
+                &["debannwoll"],
+            ),
+        ];
+        let composer = LocalComposer::new(rules());
+        let first = |prompt: &str| ids(composer.rerank(prompt, candidates.clone()))[0];
+        assert_eq!(first("romapunkai coffee machine"), 2);
+        // A word other candidates use too is a plain word, whoever lists it as a trigger.
+        assert_eq!(first("watercolor coffee machine"), 1);
+        // A person's own trigger lifts them over the penalty for people nobody asked for.
+        assert_eq!(first("a candid photo of debannwoll"), 5);
+        let reranked = ids(composer.rerank("a candid photo of a woman", candidates.clone()));
+        assert_eq!(reranked.last(), Some(&5));
+        // Only words of a short trigger count: those of a longer one are plain words.
+        let long = with_triggers(
+            candidate(6, "Hyoon", &["streamer"], Category::Celebrity),
+            &["asian woman with wavy long hair"],
+        );
+        let mut with_long = candidates.clone();
+        with_long.insert(0, long);
+        let reranked = ids(composer.rerank("a woman with long hair", with_long));
+        assert!(!reranked[..4].contains(&6), "{reranked:?}");
     }
 
     #[test]

@@ -369,6 +369,19 @@ fn roles(tokens: &[Token]) -> Vec<Role> {
         {
             role = Role::Verb;
         }
+        // A past participle with no noun after it is a verb even where a phrase starts: the
+        // words "Hello" written on it, "made of glass". Before a noun it describes it ("a
+        // painted fence").
+        if role == Role::Content
+            && (is_past_form(w)
+                || IRREGULAR_PAST.iter().any(|(form, _)| *form == w)
+                || w.ends_with("ed") && verb_lemma(w).is_some())
+            && tokens
+                .get(i + 1)
+                .is_none_or(|n| n.break_before || base_role(&n.lower) == Role::Preposition)
+        {
+            role = Role::Verb;
+        }
         // A number inside a name or model ("F1", "1997 Corvette") stays content; a count does not.
         if role == Role::Content && w.chars().all(|c| c.is_ascii_digit()) && next_content {
             role = Role::Determiner;
@@ -1336,6 +1349,21 @@ mod tests {
         // Before a noun, or at the start of a phrase, they describe it.
         assert_eq!(texts("a large striped cat"), ["large striped cat"]);
         assert_eq!(texts("a wrecked car"), ["wrecked car"]);
+        // Followed by a preposition, a participle is a verb where a phrase starts too; in a list
+        // of adjectives it is one of them.
+        assert_eq!(
+            texts("happy, surprised and angry"),
+            ["happy", "surprised", "angry"]
+        );
+        assert_eq!(
+            texts("a book with the words \"Don't Panic\" written on it"),
+            ["book", "Don't Panic"]
+        );
+        assert_eq!(
+            texts("a tuba made of flower petals"),
+            ["tuba", "flower petals"]
+        );
+        assert_eq!(texts("a painted fence"), ["painted fence"]);
         // Nouns in -eed and -bed are not past forms.
         assert_eq!(texts("a white steed"), ["white steed"]);
         assert_eq!(texts("a coral seabed"), ["coral seabed"]);
