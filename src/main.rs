@@ -23,7 +23,7 @@ use stylus_core::{StylusConfig, StylusError};
     max_term_width = 100
 )]
 struct Cli {
-    /// Configuration file (TOML); defaults: top-K 150, <= 2 adapters per prompt (1 per topic), ...
+    /// Configuration file (TOML); defaults: top-K 150, <= 3 adapters per prompt (3 per topic), ...
     #[arg(long, global = true, value_name = "FILE", env = "STYLUS_CONFIG")]
     config: Option<PathBuf>,
 

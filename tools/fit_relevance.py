@@ -28,9 +28,9 @@ import numpy as np
 
 FEATURES = 20
 STYLE = 8  # index of the "style" one-hot feature
-MAX_PER_TOPIC = 1
+MAX_PER_TOPIC = 3
 MAX_STYLES = 2
-MAX_ADAPTERS = 2
+MAX_ADAPTERS = 3
 
 
 def load(path):

@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn bundled_select_gives_the_plan_of_the_issue() {
-        // Four topics with an adapter each: a budget of four (the default is two).
+        // Four topics with an adapter each: a budget of four (the default is three).
         let mut config = StylusConfig::default();
         config.composer.max_adapters = 4;
         let (stylus, _) = build(&args("x"), &config, MaskStrategy::OneHotLoras).unwrap();

@@ -99,15 +99,15 @@ impl Evidence {
 /// buildings or concepts; characters almost never (they pass the composer's people rule only
 /// when asked for); a name that covers many topic words is less often wanted than its coverage
 /// of the prompt suggests (it is a scene adapter that takes over the image).
-const BIAS: f32 = -1.861;
+const BIAS: f32 = -1.858;
 const WEIGHTS: [f32; 20] = [
-    0.426, -0.783, 1.369, -0.845, 0.974, 0.932, -0.504, 0.083, 0.012, -1.045, 0.000, 0.116, -0.462,
-    -0.090, 0.502, -0.633, 0.355, 1.412, 0.016, -0.184,
+    0.483, -0.800, 1.359, -0.794, 1.002, 0.883, -0.552, 0.110, 0.021, -1.028, 0.000, 0.149, -0.470,
+    -0.064, 0.504, -0.620, 0.340, 1.403, -0.048, -0.185,
 ];
 
 /// The default least relevance of a composition's first adapter
 /// ([`crate::LocalComposer::with_min_relevance`])...
-pub const DEFAULT_MIN_RELEVANCE_FIRST: f32 = -3.6;
+pub const DEFAULT_MIN_RELEVANCE_FIRST: f32 = -3.1;
 /// ...and of each further one: an extra adapter costs image quality, so it needs more evidence.
 pub const DEFAULT_MIN_RELEVANCE_NEXT: f32 = -2.5;
 
