@@ -9,9 +9,9 @@ Procedure (docs/benchmarks.md, "Selection"):
 1. label a fit 1 when the reference composer picked that adapter for the prompt;
 2. fit an L2-regularised logistic regression (Newton's method) on the fits;
 3. choose two thresholds, for the composition's first adapter and for each further one: the
-   composer walks the fits from the most relevant under its budget (one adapter per topic, two
-   styles, two adapters in all); of the threshold pairs whose F1 is within 0.01 of the best,
-   the one that picks the most adapters;
+   composer walks the fits from the most relevant under its budget (the default
+   `ComposerConfig`: three adapters per topic, two styles, three adapters in all); of the
+   threshold pairs whose F1 is within 0.01 of the best, the one that picks the most adapters;
 4. report the F1 of five-fold cross-validation over prompts, where the weights and the
    thresholds of each fold are chosen on the other four folds only;
 5. print the Rust constants fitted on every prompt.

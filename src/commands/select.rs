@@ -326,10 +326,11 @@ mod tests {
         }
     }
 
-    /// The default budget on the README's prompt: two adapters, the two most relevant that fit a
-    /// topic (`stylus_composer::relevance`): an animal and a style the prompt names.
+    /// The default budget on the README's prompt: the three most relevant adapters that fit a
+    /// topic (`stylus_composer::relevance`): two animals for the cat (the masks spread them over
+    /// the batch) and the style the prompt names; no person, nothing for "riding" or "rain".
     #[test]
-    fn the_readme_prompt_gets_two_adapters_by_default() {
+    fn the_readme_prompt_gets_its_cat_and_style_adapters_by_default() {
         let config = StylusConfig::default();
         let (stylus, _) = build(&args("x"), &config, MaskStrategy::All).unwrap();
         let plan = super::super::runtime()
@@ -341,6 +342,6 @@ mod tests {
             .iter()
             .flat_map(|t| t.adapters.iter().map(|a| a.title.as_str()))
             .collect();
-        assert_eq!(picked, ["Tabby Cat", "Soft Watercolor Wash"]);
+        assert_eq!(picked, ["Tabby Cat", "Fluffy Cats", "Soft Watercolor Wash"]);
     }
 }

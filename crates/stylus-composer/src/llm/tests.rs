@@ -253,7 +253,11 @@ fn adapters_are_capped_over_the_whole_composition_in_the_models_order() {
         topic("riding a cat", json!([1])),
         topic("in the rain", json!([0])),
     ];
-    let repaired = repair(PROMPT, &candidates(), &topics, &ComposerConfig::default());
+    let rules = ComposerConfig {
+        max_adapters: 2,
+        ..ComposerConfig::default()
+    };
+    let repaired = repair(PROMPT, &candidates(), &topics, &rules);
     assert_eq!(repaired.composition.adapter_count(), 2);
     assert_eq!(reasons(&repaired), vec![RepairReason::CompositionFull]);
 }
