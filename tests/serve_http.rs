@@ -403,45 +403,12 @@ async fn concurrent_clients_get_the_images_of_a_sequential_run() {
     assert_ne!(sequential[0], sequential[3]);
 
     // The library renders the same pixels as the server (PNG-decoded).
-    let first = base64::engine::general_purpose::STANDARD
-        .decode(&sequential[2][0])
-        .unwrap();
-    let mut reader = png::Decoder::new(std::io::Cursor::new(first))
-        .read_info()
-        .unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
-    reader.next_frame(&mut pixels).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let checkpoint =
-        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir.path());
-    let loaded = stylus::render::load_sampler(&checkpoint, Device::Cpu, None).unwrap();
-    let stylus = Stylus::options()
-        .sampler(loaded.sampler)
-        .open(Source::Bundled, &StylusConfig::default())
-        .unwrap();
-    let library = stylus
-        .generate(&stylus::GenerationRequest {
-            prompt: "a castle".into(),
-            negative_prompt: "blurry".into(),
-            batch: 2,
-            seed: 11,
-            sampling: stylus_core::SamplingParams {
-                steps: 3,
-                guidance_scale: 5.0,
-                sampler: "euler_ancestral".into(),
-                width: 16,
-                height: 16,
-                clip_skip: 1,
-            },
-            select: false,
-            explicit_loras: vec![],
-            init_latents: None,
-            keep_latents: false,
-            init_image: None,
-        })
+    let library = library_stylus(dir.path())
+        .generate(&library_request(2, 11, "euler_ancestral", None))
         .await
         .unwrap();
-    assert_eq!(library.images[0].rgb, pixels);
+    assert_eq!(library.images[0].rgb, decode_png(&sequential[2][0]));
 
     // Every request at once, twice over: each client gets its sequential images.
     for _ in 0..2 {
@@ -970,6 +937,47 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The library side of the parity tests: the bundled catalog with the tiny fixture checkpoint
+/// (written into `dir`), as the test servers load it.
+fn library_stylus(dir: &Path) -> Stylus {
+    let checkpoint =
+        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir);
+    let loaded = stylus::render::load_sampler(&checkpoint, Device::Cpu, None).unwrap();
+    Stylus::options()
+        .sampler(loaded.sampler)
+        .open(Source::Bundled, &StylusConfig::default())
+        .unwrap()
+}
+
+/// The request the parity tests send to the server, for the library: "a castle", 3 steps at CFG
+/// 5, 16x16, no selection.
+fn library_request(
+    batch: usize,
+    seed: u64,
+    sampler: &str,
+    init_image: Option<stylus::InitImage>,
+) -> stylus::GenerationRequest {
+    stylus::GenerationRequest {
+        prompt: "a castle".into(),
+        negative_prompt: "blurry".into(),
+        batch,
+        seed,
+        sampling: stylus_core::SamplingParams {
+            steps: 3,
+            guidance_scale: 5.0,
+            sampler: sampler.into(),
+            width: 16,
+            height: 16,
+            clip_skip: 1,
+        },
+        select: false,
+        explicit_loras: vec![],
+        init_latents: None,
+        keep_latents: false,
+        init_image,
+    }
+}
+
 fn decode_png(b64_png: &str) -> Vec<u8> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64_png)
@@ -1055,35 +1063,11 @@ async fn img2img_and_inpainting_render_what_the_library_renders_from_the_same_fi
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("init.png"), &init).unwrap();
     std::fs::write(dir.path().join("mask.png"), &mask).unwrap();
-    let checkpoint =
-        common::full_vocab::full_vocab_checkpoint(&fixture("sd/tiny-ldm.safetensors"), dir.path());
-    let loaded = stylus::render::load_sampler(&checkpoint, Device::Cpu, None).unwrap();
-    let stylus = Stylus::options()
-        .sampler(loaded.sampler)
-        .open(Source::Bundled, &StylusConfig::default())
-        .unwrap();
+    let stylus = library_stylus(dir.path());
     let mut init_image = stylus::InitImage::new(dir.path().join("init.png"));
     init_image.strength = 0.6;
     init_image.resize_mode = stylus::ResizeMode::Fill;
-    let mut library_request = stylus::GenerationRequest {
-        prompt: "a castle".into(),
-        negative_prompt: "blurry".into(),
-        batch: 1,
-        seed: 7,
-        sampling: stylus_core::SamplingParams {
-            steps: 3,
-            guidance_scale: 5.0,
-            sampler: "euler".into(),
-            width: 16,
-            height: 16,
-            clip_skip: 1,
-        },
-        select: false,
-        explicit_loras: vec![],
-        init_latents: None,
-        keep_latents: false,
-        init_image: Some(init_image.clone()),
-    };
+    let mut library_request = library_request(1, 7, "euler", Some(init_image.clone()));
     let library = stylus.generate(&library_request).await.unwrap();
     assert_eq!(library.images[0].rgb, decode_png(&plain[0]));
     init_image.mask = Some(stylus::InpaintMask::new(dir.path().join("mask.png")));

@@ -1084,6 +1084,12 @@ mod tests {
         }
     }
 
+    fn with_triggers(mut candidate: Candidate, triggers: &[&str]) -> Candidate {
+        Arc::make_mut(&mut candidate.doc).card.trigger_words =
+            triggers.iter().map(|t| t.to_string()).collect();
+        candidate
+    }
+
     fn compose(prompt: &str, candidates: &[Candidate]) -> Vec<(String, Vec<u64>)> {
         compose_with(rules(), prompt, candidates)
     }
@@ -1564,8 +1570,10 @@ mod tests {
 
     #[test]
     fn rerank_keeps_a_tag_list_in_order_and_lifts_a_said_made_up_trigger() {
-        let mut steampunk = candidate(1, "SteamPunk AI", &["steampunk"], Category::Style);
-        Arc::make_mut(&mut steampunk.doc).card.trigger_words = vec!["SteamPunkAI".into()];
+        let steampunk = with_triggers(
+            candidate(1, "SteamPunk AI", &["steampunk"], Category::Style),
+            &["SteamPunkAI"],
+        );
         let candidates = vec![
             candidate(2, "Coffee Machine", &["coffee"], Category::Object),
             steampunk,
@@ -1589,11 +1597,6 @@ mod tests {
 
     #[test]
     fn rerank_lifts_a_one_word_trigger_no_other_candidate_uses() {
-        let with_triggers = |mut c: Candidate, triggers: &[&str]| {
-            Arc::make_mut(&mut c.doc).card.trigger_words =
-                triggers.iter().map(|t| t.to_string()).collect();
-            c
-        };
         let candidates = vec![
             candidate(1, "Industrial Machines", &["machine"], Category::Object),
             with_triggers(
